@@ -1,0 +1,369 @@
+"""Response conformance: validate any JSON body against the spec schema of the operation that produced it.
+
+The spec is OpenAPI 3.0, so its schemas are translated once into JSON Schema 2020-12:
+``nullable: true`` becomes a ``null`` type (or an ``anyOf`` with ``null`` around a ``$ref``),
+``oneOf`` becomes ``anyOf`` (the spec's branches overlap and carry no discriminator), and
+OpenAPI-only keywords (``example``, ``readOnly`` ...) are dropped.  In *strict* mode (the
+default) every object schema that lists ``properties`` is closed (``additionalProperties:
+false``) after merging ``allOf`` parts, so a body carrying an undocumented attribute drifts too.
+
+Error statuses are checked against the operation's ``4XX``/``5XX`` responses (the spec's
+``ClientError``/``ServerError``).  Validators are cached per (operation, status).
+
+    validate_response("GET", "/api/profiles", 200, body)   # raises ConformanceError on drift
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import os
+import re
+import threading
+from datetime import date, datetime, time
+from typing import Any
+from urllib.parse import urlsplit
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import best_match
+
+from klaviyo_sandbox.spec import Operation, Spec, load_spec
+
+GATEWAY_PREFIX = "/klaviyo"
+_DROPPED = frozenset(
+    {"nullable", "example", "examples", "discriminator", "readOnly", "writeOnly", "xml", "externalDocs",
+     "deprecated", "description", "title", "default"}
+)
+_SCHEMA_KEYS = ("items", "additionalProperties", "not")
+_LIST_KEYS = ("oneOf", "anyOf", "allOf")
+
+
+class ConformanceError(AssertionError):
+    """A response body does not match its operation's spec schema (the message names the JSON path)."""
+
+
+class UnknownOperation(LookupError):
+    """No spec operation serves this method and path (e.g. sandbox control or gateway-only routes)."""
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+FORMAT_CHECKER = FormatChecker(formats=())
+
+
+@FORMAT_CHECKER.checks("date-time", raises=ValueError)
+def _is_datetime(value: object) -> bool:
+    # RFC 3339: an explicit offset is required (Klaviyo always sends one, e.g. +00:00)
+    if not isinstance(value, str):
+        return True
+    if not _RFC3339.match(value):
+        raise ValueError(f"{value!r} is not an RFC 3339 date-time with offset")
+    datetime.fromisoformat(value.replace("z", "Z"))
+    return True
+
+
+@FORMAT_CHECKER.checks("date", raises=ValueError)
+def _is_date(value: object) -> bool:
+    return not isinstance(value, str) or bool(date.fromisoformat(value))
+
+
+@FORMAT_CHECKER.checks("time", raises=ValueError)
+def _is_time(value: object) -> bool:
+    return not isinstance(value, str) or bool(time.fromisoformat(value))
+
+
+@FORMAT_CHECKER.checks("uri", raises=ValueError)
+def _is_uri(value: object) -> bool:
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if not parts.scheme or not (parts.netloc or parts.path):
+            raise ValueError(f"{value!r} is not an absolute URI")
+    return True
+
+
+# --- OpenAPI 3.0 -> JSON Schema 2020-12 ---------------------------------------------------------
+
+
+class _Translator:
+    """Translates the spec's ``components`` into JSON Schema (see module docstring)."""
+
+    def __init__(self, spec: Spec, strict: bool):
+        self.spec = spec
+        self.strict = strict
+
+    def resolve(self, node: dict[str, Any]) -> dict[str, Any]:
+        """A raw schema with its top-level ``$ref`` (and nested ``allOf``) inlined."""
+        if "$ref" in node:
+            siblings = {k: v for k, v in node.items() if k != "$ref"}
+            target = self.resolve(self.spec.schema({"$ref": node["$ref"]}))
+            return self.merge([target, siblings]) if siblings else target
+        if "allOf" in node:
+            rest = {k: v for k, v in node.items() if k != "allOf"}
+            return self.merge([self.resolve(part) for part in node["allOf"]] + [rest])
+        return node
+
+    def merge(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Deep-merge raw object schemas (``allOf`` semantics for the spec's partial objects)."""
+        merged: dict[str, Any] = {}
+        for part in parts:
+            part = self.resolve(part)
+            for key, value in part.items():
+                if key == "properties":
+                    props = merged.setdefault("properties", {})
+                    for name, schema in value.items():
+                        props[name] = {"allOf": [props[name], schema]} if name in props else schema
+                elif key == "required":
+                    merged["required"] = sorted(set(merged.get("required", ())) | set(value))
+                elif key == "nullable":
+                    merged["nullable"] = merged.get("nullable", False) or value
+                else:
+                    merged[key] = value
+        return merged
+
+    def convert(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self.convert(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        nullable = bool(node.get("nullable"))
+        if "$ref" in node:
+            out: dict[str, Any] = {"$ref": node["$ref"]}
+            return {"anyOf": [out, {"type": "null"}]} if nullable else out
+        if "allOf" in node and self.strict:
+            return self.convert(self.resolve(node))
+        out = {}
+        for key, value in node.items():
+            if key in _DROPPED:
+                continue
+            if key == "properties":
+                out[key] = {name: self.convert(schema) for name, schema in value.items()}
+            elif key in _SCHEMA_KEYS and isinstance(value, dict):
+                out[key] = self.convert(value)
+            elif key in _LIST_KEYS:
+                out["anyOf" if key == "oneOf" else key] = [self.convert(s) for s in value]
+            else:
+                out[key] = copy.deepcopy(value)
+        if self.strict and out.get("properties") and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        if nullable:
+            if "type" in out:
+                out["type"] = [out["type"], "null"] if isinstance(out["type"], str) else [*out["type"], "null"]
+                if "enum" in out and None not in out["enum"]:
+                    out["enum"] = [*out["enum"], None]
+            else:
+                out = {"anyOf": [out, {"type": "null"}]}
+        return out
+
+    def components(self) -> dict[str, Any]:
+        raw = self.spec.document["components"]
+        return {
+            "schemas": {name: self.convert(schema) for name, schema in raw["schemas"].items()},
+            "responses": {name: self.convert(_media_schema(resp) or {}) for name, resp in raw.get("responses", {}).items()},
+        }
+
+
+def _media_schema(response: dict[str, Any]) -> dict[str, Any] | None:
+    content = response.get("content") or {}
+    media = content.get("application/vnd.api+json") or content.get("application/json")
+    return media.get("schema") if media else None
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+class ResponseValidator:
+    """Validates response bodies against one spec; holds the translated components and a validator cache."""
+
+    def __init__(self, spec: Spec | None = None, strict: bool = True):
+        self.spec = spec or load_spec()
+        self.strict = strict
+        self._lock = threading.Lock()
+        self._components: dict[str, Any] | None = None
+        self._validators: dict[tuple[str, str], tuple[Draft202012Validator | None, str]] = {}
+
+    @property
+    def components(self) -> dict[str, Any]:
+        with self._lock:
+            if self._components is None:
+                self._components = _Translator(self.spec, self.strict).components()
+            return self._components
+
+    def operation_for(self, method: str, url_path: str) -> tuple[Operation, dict[str, str]]:
+        """The spec operation serving a concrete path (a ``/klaviyo`` gateway prefix is stripped)."""
+        path = urlsplit(url_path).path
+        if path.startswith(GATEWAY_PREFIX + "/api/"):
+            path = path[len(GATEWAY_PREFIX):]
+        if len(path) > 5 and path.endswith("/"):
+            path = path.rstrip("/")
+        found = self.spec.match(method, path) or self.spec.match(method, path + "/")
+        if not found:
+            raise UnknownOperation(f"no spec operation for {method.upper()} {path}")
+        return found
+
+    def _validator(self, operation: Operation, status: int) -> tuple[Draft202012Validator | None, str]:
+        """(validator or None when the status has no body, name of the schema) for a response status."""
+        responses = self.spec.document["paths"][operation.path][operation.method.lower()]["responses"]
+        key = next((k for k in (str(status), f"{status // 100}XX", "default") if k in responses), None)
+        if key is None:
+            raise ConformanceError(
+                f"{operation.method} {operation.path} ({operation.operation_id}) documents no response "
+                f"status {status}; documented: {', '.join(sorted(responses))}"
+            )
+        cache_key = (operation.operation_id, key)
+        cached = self._validators.get(cache_key)
+        if cached:
+            return cached
+        response = responses[key]
+        name = f"{operation.operation_id} {key}"
+        if "$ref" in response:
+            name = response["$ref"].rsplit("/", 1)[-1]
+            schema: dict[str, Any] | None = {"$ref": f"#/components/responses/{name}"} if _media_schema(
+                self.spec.schema(response)) else None
+        else:
+            raw = _media_schema(response)
+            if raw is not None and "$ref" in raw:
+                name = raw["$ref"].rsplit("/", 1)[-1]
+            schema = _Translator(self.spec, self.strict).convert(raw) if raw is not None else None
+        validator = None
+        if schema is not None:
+            root = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "components": self.components}
+            validator = Draft202012Validator(root, format_checker=FORMAT_CHECKER)
+        self._validators[cache_key] = (validator, name)
+        return validator, name
+
+    def validate(self, method: str, url_path: str, status: int, body: Any) -> None:
+        """Raise :class:`ConformanceError` when ``body`` drifts from the spec response schema.
+
+        ``body`` may be parsed JSON, or raw ``bytes``/``str`` (empty means "no body").
+        Raises :class:`UnknownOperation` for paths the spec does not define.
+        """
+        operation, _ = self.operation_for(method, url_path)
+        where = f"{method.upper()} {urlsplit(url_path).path} -> {status} ({operation.operation_id})"
+        if isinstance(body, (bytes, bytearray, str)):
+            text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+            if not text.strip():
+                body = None
+            else:
+                try:
+                    body = json.loads(text)
+                except ValueError as exc:
+                    raise ConformanceError(f"{where}: body is not JSON ({exc})") from None
+        validator, name = self._validator(operation, status)
+        if validator is None:
+            if body is not None:
+                raise ConformanceError(f"{where}: the spec documents no body for this status, got {_short(body)}")
+            return
+        if body is None:
+            raise ConformanceError(f"{where}: expected a JSON body matching {name}, got none")
+        errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.path), e.json_path))
+        if errors:
+            best = best_match(errors)
+            shown = [best] + [e for e in errors if e is not best][:2]
+            details = "; ".join(f"at {e.json_path}: {_trim(e.message)}" for e in shown)
+            more = f" (+{len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
+            raise ConformanceError(f"{where}: body drifted from spec schema {name} {details}{more}")
+
+
+def _trim(message: str, limit: int = 300) -> str:
+    return message if len(message) <= limit else message[:limit] + "..."
+
+
+def _short(body: Any) -> str:
+    return _trim(json.dumps(body, default=str), 120)
+
+
+@functools.lru_cache(maxsize=2)
+def default_validator(strict: bool = True) -> ResponseValidator:
+    """The process-wide validator over the bundled spec (translated once, validators cached)."""
+    return ResponseValidator(load_spec(), strict=strict)
+
+
+def validate_response(method: str, url_path: str, status: int, body: Any, *, strict: bool = True) -> None:
+    """Validate one response body against the spec; raises :class:`ConformanceError` naming the drifted JSON path."""
+    default_validator(strict).validate(method, url_path, status, body)
+
+
+# --- automatic validation of everything the sandbox serves ---------------------------------------
+
+ENV_SWITCH = "KLAVIYO_SANDBOX_VALIDATE"
+_log = logging.getLogger("klaviyo_sandbox.conformance")
+
+
+def validation_enabled(explicit: bool | None = None) -> bool:
+    """Whether a sandbox validates its responses: an explicit flag wins, else ``KLAVIYO_SANDBOX_VALIDATE=1``."""
+    if explicit is not None:
+        return explicit
+    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("1", "true", "yes", "strict")
+
+
+class DriftCollector:
+    """Thread-safe record of conformance violations; the pytest plugin drains it after every test."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[str] = []
+
+    def record(self, message: str) -> None:
+        with self._lock:
+            self._items.append(message)
+
+    def drain(self) -> list[str]:
+        """All violations recorded since the last drain (and forget them)."""
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+
+DRIFT = DriftCollector()
+
+
+class ConformanceMiddleware:
+    """WSGI middleware validating every JSON response under ``/api/`` against the spec.
+
+    Drift never changes the response (the client sees exactly what the sandbox produced); it is
+    logged, added to ``collector`` (default: the process-wide :data:`DRIFT` that the pytest plugin
+    checks) and flagged with an ``X-Sandbox-Conformance: drift`` header.
+    """
+
+    def __init__(self, app: Any, validator: ResponseValidator | None = None, collector: DriftCollector | None = None):
+        self.app = app
+        self.validator = validator or default_validator()
+        self.collector = collector or DRIFT
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith("/api/"):
+            return self.app(environ, start_response)
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            captured["status"], captured["headers"], captured["exc_info"] = status, headers, exc_info
+            return lambda data: captured.setdefault("written", []).append(data)
+
+        result = self.app(environ, capture)
+        try:
+            body = b"".join([*captured.get("written", []), *result])
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        headers = list(captured["headers"])
+        status_code = int(captured["status"].split(" ", 1)[0])
+        if self._check(environ["REQUEST_METHOD"], path, status_code, body):
+            headers.append(("X-Sandbox-Conformance", "drift"))
+        start_response(captured["status"], headers, captured["exc_info"])
+        return [body]
+
+    def _check(self, method: str, path: str, status: int, body: bytes) -> str | None:
+        try:
+            self.validator.validate(method, path, status, body)
+        except UnknownOperation:
+            return None  # e.g. a 404 for a path the API does not have
+        except ConformanceError as exc:
+            message = str(exc)
+            _log.warning("sandbox response drifted from the spec: %s", message)
+            self.collector.record(message)
+            return message
+        return None
