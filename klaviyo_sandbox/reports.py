@@ -716,7 +716,6 @@ def query_campaign_values(store: Any, account_id: str, body: dict[str, Any], bas
     return {
         "data": {
             "type": _CAMPAIGN.type,
-            "id": hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20],
             "attributes": {"results": results},
             "relationships": _relationships(_CAMPAIGN, group_by, sorted(report["grouped"])),
         },
@@ -737,7 +736,6 @@ def query_flow_series(store: Any, account_id: str, body: dict[str, Any], base_ur
     return {
         "data": {
             "type": _FLOW.type,
-            "id": hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20],
             "attributes": {"results": results, "date_times": [_iso(b, zone) for b in buckets]},
             "relationships": _relationships(_FLOW, group_by, sorted(report["grouped"])),
         },
