@@ -161,7 +161,10 @@ class _Translator:
         raw = self.spec.document["components"]
         return {
             "schemas": {name: self.convert(schema) for name, schema in raw["schemas"].items()},
-            "responses": {name: self.convert(_media_schema(resp) or {}) for name, resp in raw.get("responses", {}).items()},
+            # error objects stay open: Klaviyo adds "status", "links" and "meta" (e.g. meta.duplicate_profile_id)
+            # to the spec's ClientError/ServerError items
+            "responses": {name: _Translator(self.spec, strict=False).convert(_media_schema(resp) or {})
+                          for name, resp in raw.get("responses", {}).items()},
         }
 
 
@@ -267,6 +270,29 @@ class ResponseValidator:
             raise ConformanceError(f"{where}: body drifted from spec schema {name} {details}{more}")
 
 
+    def request_problems(self, operation: Operation, body: Any) -> list[tuple[str, str]]:
+        """(JSON pointer, message) for each way a request body breaks the operation's request schema."""
+        key = (operation.operation_id, "request")
+        cached = self._validators.get(key)
+        if cached is None:
+            raw = operation.request_schema
+            schema = _Translator(self.spec, self.strict).convert(raw) if raw is not None else None
+            validator = None
+            if schema is not None:
+                root = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "components": self.components}
+                validator = Draft202012Validator(root, format_checker=FORMAT_CHECKER)
+            cached = self._validators[key] = (validator, "request")
+        validator = cached[0]
+        if validator is None:
+            return []
+        errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.path), e.json_path))
+        if not errors:
+            return []
+        best = best_match(errors)
+        ordered = [best] + [e for e in errors if e is not best]
+        return [("/" + "/".join(str(part) for part in e.absolute_path), _trim(e.message)) for e in ordered]
+
+
 def _trim(message: str, limit: int = 300) -> str:
     return message if len(message) <= limit else message[:limit] + "..."
 
@@ -279,6 +305,11 @@ def _short(body: Any) -> str:
 def default_validator(strict: bool = True) -> ResponseValidator:
     """The process-wide validator over the bundled spec (translated once, validators cached)."""
     return ResponseValidator(load_spec(), strict=strict)
+
+
+def request_problems(operation: Operation, body: Any) -> list[tuple[str, str]]:
+    """Problems of a request body against the operation's request schema (lenient: extra keys allowed)."""
+    return default_validator(False).request_problems(operation, body)
 
 
 def validate_response(method: str, url_path: str, status: int, body: Any, *, strict: bool = True) -> None:

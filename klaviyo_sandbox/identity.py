@@ -1,0 +1,230 @@
+"""Klaviyo's profile identity rules and attribute-merge semantics, shared by every profile write.
+
+* ``email``, ``phone_number`` (E.164) and ``external_id`` identify a profile; invalid email/phone
+  is a 400 pointing at the attribute.
+* When the identifiers of one request point at two different existing profiles, the write is a
+  409 ``duplicate_profile`` whose ``meta.duplicate_profile_id`` is the *other* profile.
+* ``create_or_update_profile`` / ``update_profile``: ``null`` clears a field, an absent field
+  is left unchanged, ``properties`` merge key by key, ``meta.patch_properties`` appends/unappends/unsets.
+* ``bulk_import_profiles``: ``null`` values are ignored (Klaviyo documents that bulk import
+  cannot clear a field).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from klaviyo_sandbox.errors import ApiError
+from klaviyo_sandbox.store import Store
+
+IDENTIFIERS = ("email", "phone_number", "external_id")
+PROFILE_ATTRIBUTES = frozenset(
+    {"email", "phone_number", "external_id", "anonymous_id", "_kx", "first_name", "last_name", "organization",
+     "locale", "title", "image", "location", "properties"}
+)
+LOCATION_FIELDS = ("address1", "address2", "city", "country", "latitude", "longitude", "region", "zip", "timezone", "ip")
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+class WriteError(ApiError):
+    """A Klaviyo JSON:API error raised by a write; adds ``meta`` (e.g. ``duplicate_profile_id``) to the error."""
+
+    def __init__(self, status: int, code: str, title: str, detail: str, pointer: str | None = None,
+                 meta: dict[str, Any] | None = None, parameter: str | None = None):
+        super().__init__(status, code, title, detail, parameter=parameter, pointer=pointer)
+        self.meta = meta or {}
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["errors"][0]["meta"] = dict(self.meta)
+        return body
+
+
+def invalid(detail: str, pointer: str | None = "/data") -> WriteError:
+    return WriteError(400, "invalid", "Invalid input.", detail, pointer)
+
+
+def not_found(detail: str) -> WriteError:
+    return WriteError(404, "not_found", "Not found.", detail)
+
+
+def check_profile_attributes(attrs: Any, pointer: str = "/data/attributes") -> dict[str, Any]:
+    """Reject unknown attributes and malformed identifiers; returns the attributes dict."""
+    if not isinstance(attrs, dict):
+        raise invalid("attributes must be an object", pointer)
+    for key in attrs:
+        if key not in PROFILE_ATTRIBUTES:
+            raise invalid(f"'{key}' is not a valid field for the resource 'profile'.", f"{pointer}/{key}")
+    email, phone = attrs.get("email"), attrs.get("phone_number")
+    if email is not None and (not isinstance(email, str) or not _EMAIL.match(email.strip())):
+        raise invalid(f"Invalid email address: {email!r}", f"{pointer}/email")
+    if phone is not None and (not isinstance(phone, str) or not _E164.match(phone)):
+        raise invalid(f"Invalid phone number format (Example of a valid format: +12345678901): {phone!r}",
+                      f"{pointer}/phone_number")
+    location = attrs.get("location")
+    if location is not None:
+        if not isinstance(location, dict):
+            raise invalid("location must be an object", f"{pointer}/location")
+        for key in location:
+            if key not in LOCATION_FIELDS:
+                raise invalid(f"'{key}' is not a valid location field", f"{pointer}/location/{key}")
+    if attrs.get("properties") is not None and not isinstance(attrs["properties"], dict):
+        raise invalid("properties must be an object", f"{pointer}/properties")
+    return attrs
+
+
+def normalise(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Klaviyo stores emails trimmed and lower-cased."""
+    if isinstance(attrs.get("email"), str):
+        attrs = {**attrs, "email": attrs["email"].strip().lower()}
+    return attrs
+
+
+def duplicate(other_id: str, detail: str = "A profile already exists with one of these identifiers.") -> WriteError:
+    return WriteError(409, "duplicate_profile", "Conflict.", detail, "/data/attributes",
+                      meta={"duplicate_profile_id": other_id})
+
+
+def identity_matches(store: Store, account: str, attrs: dict[str, Any]) -> dict[str, str]:
+    """identifier name -> id of the existing profile holding that identifier value."""
+    found = {}
+    for name in IDENTIFIERS:
+        value = attrs.get(name)
+        if value:
+            row = store.execute(f'SELECT id FROM profiles WHERE account = ? AND "{name}" = ? ORDER BY seq LIMIT 1',
+                                [account, value]).fetchone()
+            if row:
+                found[name] = row[0]
+    return found
+
+
+def resolve_target(store: Store, account: str, attrs: dict[str, Any], profile_id: str | None = None) -> str | None:
+    """The existing profile a write addresses (by id, else by identifiers), or None for a new one.
+
+    Raises 409 ``duplicate_profile`` when identifiers point at a different profile than the target.
+    """
+    matches = identity_matches(store, account, attrs)
+    if profile_id:
+        if not store.exists(account, "profile", profile_id):
+            raise not_found(f"A profile with id {profile_id} does not exist.")
+        target = profile_id
+    else:
+        target = next((matches[name] for name in IDENTIFIERS if name in matches), None)
+    for name in IDENTIFIERS:
+        other = matches.get(name)
+        if target and other and other != target:
+            raise duplicate(other, f"A profile already exists with this {name}; it belongs to profile {other}.")
+    return target
+
+
+def _patch_properties(properties: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:
+    if not patch:
+        return properties
+    result = dict(properties)
+    for key, value in (patch.get("append") or {}).items():
+        current = result.get(key)
+        items = value if isinstance(value, list) else [value]
+        base = current if isinstance(current, list) else ([] if current is None else [current])
+        result[key] = base + items
+    for key, value in (patch.get("unappend") or {}).items():
+        items = value if isinstance(value, list) else [value]
+        if isinstance(result.get(key), list):
+            result[key] = [v for v in result[key] if v not in items]
+    unset = patch.get("unset")
+    for key in ([unset] if isinstance(unset, str) else unset or []):
+        result.pop(key, None)
+    return result
+
+
+def merged_attributes(current: dict[str, Any], incoming: dict[str, Any], *, nulls_clear: bool,
+                      patch_properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The profile attributes after applying ``incoming`` to ``current`` (Klaviyo semantics, see module doc)."""
+    result = {k: v for k, v in current.items()}
+    for key, value in incoming.items():
+        if key in ("_kx",):
+            continue
+        if key == "location":
+            location = dict(result.get("location") or {})
+            if value is None:
+                if nulls_clear:
+                    location = {name: None for name in LOCATION_FIELDS}
+            else:
+                for name, sub in value.items():
+                    if sub is not None or nulls_clear:
+                        location[name] = sub
+            result["location"] = location
+        elif key == "properties":
+            properties = dict(result.get("properties") or {})
+            if value is None:
+                if nulls_clear:
+                    properties = {}
+            else:
+                for name, sub in value.items():
+                    if sub is None and nulls_clear:
+                        properties.pop(name, None)
+                    elif sub is not None:
+                        properties[name] = sub
+            result["properties"] = properties
+        elif value is not None or nulls_clear:
+            result[key] = value
+    if patch_properties:
+        result["properties"] = _patch_properties(dict(result.get("properties") or {}), patch_properties)
+    return result
+
+
+def new_profile_attributes(incoming: dict[str, Any]) -> dict[str, Any]:
+    """A new profile's attributes: every served attribute present (null when not given)."""
+    base: dict[str, Any] = {name: None for name in ("email", "phone_number", "external_id", "anonymous_id",
+                                                   "first_name", "last_name", "organization", "locale", "title", "image")}
+    base["location"] = {name: None for name in LOCATION_FIELDS}
+    base["properties"] = {}
+    base["last_event_date"] = None
+    profile = merged_attributes(base, incoming, nulls_clear=False)
+    profile["subscriptions"] = default_subscriptions()
+    return profile
+
+
+def default_subscriptions() -> dict[str, Any]:
+    """Consent of a profile nobody has subscribed yet (served with additional-fields[profile]=subscriptions)."""
+    never = {"consent": "NEVER_SUBSCRIBED", "consent_timestamp": None, "last_updated": None, "method": None,
+             "method_detail": ""}
+    return {
+        "email": {"marketing": {"can_receive_email_marketing": False, **never, "custom_method_detail": None,
+                                "double_optin": None, "suppression": [], "list_suppressions": []}},
+        "sms": {"marketing": {"can_receive_sms_marketing": False, **never},
+                "transactional": {"can_receive_sms_transactional": False, **never}},
+        "mobile_push": {"marketing": {"can_receive_push_marketing": False, "consent": "NEVER_SUBSCRIBED",
+                                      "consent_timestamp": None}},
+    }
+
+
+def write_profile(store: Store, account: str, profile_id: str | None, attrs: dict[str, Any], *,
+                  nulls_clear: bool, patch_properties: dict[str, Any] | None = None) -> tuple[str, bool]:
+    """Create (``profile_id`` None) or update a profile; returns (id, created).  Bumps ``updated``."""
+    with store.lock:
+        if profile_id is None:
+            return store.insert(account, "profile", new_profile_attributes(attrs)), True
+        current = store.get(account, "profile", profile_id)
+        if current is None:
+            raise not_found(f"A profile with id {profile_id} does not exist.")
+        served = {k: v for k, v in current.attributes.items() if k not in ("subscriptions", "predictive_analytics")}
+        updated = merged_attributes(served, attrs, nulls_clear=nulls_clear, patch_properties=patch_properties)
+        updated.pop("updated", None)
+        # store.update merges ``properties`` key by key; reset it first so cleared keys really go
+        store.update(account, "profile", profile_id, {"properties": None}, touch=False)
+        store.update(account, "profile", profile_id, updated)
+        return profile_id, False
+
+
+def upsert_profile(store: Store, account: str, attrs: dict[str, Any], *, profile_id: str | None = None,
+                   nulls_clear: bool, patch_properties: dict[str, Any] | None = None) -> tuple[str, bool]:
+    """Resolve the target by id/identifiers (409 on conflicting identifiers) and create or update it."""
+    attrs = normalise(attrs)
+    with store.lock:
+        target = resolve_target(store, account, attrs, profile_id)
+        if target is None and not any(attrs.get(name) for name in (*IDENTIFIERS, "anonymous_id", "_kx")):
+            raise invalid("One of email, phone_number or external_id is required to identify a profile.",
+                          "/data/attributes")
+        return write_profile(store, account, target, attrs, nulls_clear=nulls_clear, patch_properties=patch_properties)
