@@ -469,21 +469,56 @@ _INTEGER_STATISTICS = {"recipients", "delivered", "bounced", "failed", "bounced_
                        "unsubscribe_uniques", "spam_complaints", "message_segment_count_sum"}
 
 _UNSUB_LIST = ", ".join(f"'{name}'" for name in UNSUBSCRIBED)
-# Per (message, bucket) counters.  ``touches`` are the email events attributed to a message by
-# their ``$message`` property; conversions are events of the conversion metric whose
-# ``$attributed_message`` names the message.  ``sent_at`` is when that profile received the
-# message (its Received Email event), falling back to the message's send time.
+# Per (message, bucket) counters.
+#
+# Message of an email event: its ``$message`` property when that names a campaign or flow
+# message of the account (events written through the API or the control API).  Generated
+# events carry seeded random ``$message`` values, so those are mapped deterministically onto
+# the account's email messages (``hash($message) mod n``) -- a derived attribution, stable for
+# a seed.  Conversions: events of the conversion metric carrying ``$attributed_message``, else
+# attributed like Klaviyo's default model to the profile's last email open or click within
+# the 5 days before (an ASOF join).  ``sent_at`` is when that profile received the message
+# (its Received Email event), falling back to the message's send time, then the event time.
+_ATTRIBUTION_WINDOW = "INTERVAL 5 DAY"
 _STATS_SQL = f"""
 WITH messages AS ({{messages_sql}}),
 ev AS ({{events_sql}}),
+email_messages AS (
+    SELECT message_id, row_number() OVER (ORDER BY message_id) - 1 AS idx, count(*) OVER () AS n
+    FROM messages WHERE channel = 'email'
+),
+tagged AS (
+    SELECT ev.*, json_extract_string(props, '$."$message"') AS raw_message FROM ev
+    WHERE json_extract_string(props, '$."$message"') IS NOT NULL
+),
+resolved AS (
+    SELECT t.*, coalesce(m.message_id, em.message_id) AS message_id
+    FROM tagged t
+    LEFT JOIN messages m ON m.message_id = t.raw_message
+    LEFT JOIN email_messages em ON m.message_id IS NULL AND em.idx = hash(t.raw_message) % em.n
+),
+conversions AS (
+    SELECT * FROM ev WHERE metric_id = ?
+),
+engagements AS (
+    SELECT profile_id, datetime AS touched_at, message_id FROM resolved
+    WHERE metric_name IN ('{OPENED}', '{CLICKED}') AND message_id IS NOT NULL
+),
+implicit AS (
+    SELECT c.*, g.message_id
+    FROM (SELECT * FROM conversions WHERE json_extract_string(props, '$."$attributed_message"') IS NULL) c
+    ASOF JOIN engagements g ON c.profile_id = g.profile_id AND c.datetime >= g.touched_at
+    WHERE c.datetime - g.touched_at <= {_ATTRIBUTION_WINDOW}
+),
 touches AS (
-    SELECT json_extract_string(props, '$."$message"') AS message_id, profile_id, metric_name, metric_id,
-           value, datetime, 'touch' AS role
-    FROM ev WHERE json_extract_string(props, '$."$message"') IS NOT NULL
+    SELECT message_id, profile_id, metric_name, metric_id, value, datetime, 'touch' AS role
+    FROM resolved WHERE message_id IS NOT NULL
     UNION ALL
     SELECT json_extract_string(props, '$."$attributed_message"'), profile_id, metric_name, metric_id,
            value, datetime, 'conversion'
-    FROM ev WHERE metric_id = ? AND json_extract_string(props, '$."$attributed_message"') IS NOT NULL
+    FROM conversions WHERE json_extract_string(props, '$."$attributed_message"') IS NOT NULL
+    UNION ALL
+    SELECT message_id, profile_id, metric_name, metric_id, value, datetime, 'conversion' FROM implicit
 ),
 sends AS (
     SELECT message_id, profile_id, min(datetime) AS sent_at

@@ -65,7 +65,8 @@ def world():
             if rng.random() < 0.4:
                 add("Placed Order", profile, received + dt.timedelta(hours=rng.randint(1, 80)),
                     **{"$attributed_message": mid, "$value": round(rng.uniform(5, 120), 2)})
-    add("Placed Order", profiles[0], dt.datetime(2026, 11, 12, tzinfo=UTC), **{"$value": 999.0})  # unattributed
+    loner = store.insert(ACCOUNT, "profile", {"email": "no-email-engagement@example.com"})
+    add("Placed Order", loner, dt.datetime(2026, 11, 12, tzinfo=UTC), **{"$value": 999.0})  # nothing to attribute to
     yield {"store": store, "metrics": metrics, "messages": messages, "events": events, "flow": flow}
     store.close()
 
@@ -236,3 +237,58 @@ def test_reports_reject_bad_group_by_timeframe_and_unknown_metric(world):
     with pytest.raises(reports.ReportError, match="interval"):
         reports.query_flow_series(world["store"], ACCOUNT, {"data": {"type": "flow-series-report",
                                                                      "attributes": base}})
+
+
+def test_conversions_without_attribution_go_to_last_open_or_click_within_5_days():
+    store = Store(clock=Clock(frozen=NOW))
+    try:
+        metrics = {n: store.insert(ACCOUNT, "metric", {"name": n}) for n in ("Opened Email", "Placed Order")}
+        campaign = store.insert(ACCOUNT, "campaign", {"name": "C", "send_time": "2026-11-01T00:00:00+00:00"})
+        messages = [store.insert(ACCOUNT, "campaign-message", {"definition": {"channel": "email", "label": str(n)}},
+                                 relationships={"campaign": campaign}) for n in range(2)]
+        buyer = store.insert(ACCOUNT, "profile", {"email": "buyer@example.com"})
+
+        def add(metric, day, **props):
+            store.insert(ACCOUNT, "event", {"datetime": f"2026-11-{day:02d}T12:00:00+00:00", "event_properties": props},
+                         relationships={"metric": metrics[metric], "profile": buyer})
+
+        add("Opened Email", 2, **{"$message": messages[0]})
+        add("Opened Email", 4, **{"$message": messages[1]})
+        add("Placed Order", 6, **{"$value": 10.0})  # last touch within 5 days: message 1
+        add("Placed Order", 15, **{"$value": 20.0})  # 11 days after the last open: unattributed
+        add("Placed Order", 16, **{"$value": 40.0, "$attributed_message": messages[0]})  # explicit wins
+        body = {"data": {"type": "campaign-values-report", "attributes": {
+            "statistics": ["conversions", "conversion_value"], "conversion_metric_id": metrics["Placed Order"],
+            "timeframe": {"start": "2026-10-25T00:00:00", "end": "2026-11-20T00:00:00"}}}}
+        result = reports.query_campaign_values(store, ACCOUNT, body)
+        got = {r["groupings"]["campaign_message_id"]: r["statistics"] for r in result["data"]["attributes"]["results"]}
+        assert got[messages[1]] == {"conversions": 1, "conversion_value": 10.0}
+        assert got[messages[0]] == {"conversions": 1, "conversion_value": 40.0}
+    finally:
+        store.close()
+
+
+def test_generated_message_tags_are_mapped_onto_real_messages_without_losing_events():
+    """Seeded events carry random ``$message`` values: each maps to exactly one email message."""
+    store = Store(clock=Clock(frozen=NOW))
+    try:
+        received = store.insert(ACCOUNT, "metric", {"name": "Received Email"})
+        order = store.insert(ACCOUNT, "metric", {"name": "Placed Order"})
+        campaign = store.insert(ACCOUNT, "campaign", {"name": "C", "send_time": "2026-11-01T00:00:00+00:00"})
+        for n in range(3):
+            store.insert(ACCOUNT, "campaign-message", {"definition": {"channel": "email", "label": str(n)}},
+                         relationships={"campaign": campaign})
+        profile = store.insert(ACCOUNT, "profile", {"email": "r@example.com"})
+        for n in range(40):
+            store.insert(ACCOUNT, "event", {"datetime": "2026-11-02T00:00:00+00:00",
+                                            "event_properties": {"$message": f"{n:06x}"}},
+                         relationships={"metric": received, "profile": profile})
+        body = {"data": {"type": "campaign-values-report", "attributes": {
+            "statistics": ["recipients"], "conversion_metric_id": order, "timeframe": {"key": "last_30_days"}}}}
+        first = reports.query_campaign_values(store, ACCOUNT, body)["data"]["attributes"]["results"]
+        again = reports.query_campaign_values(store, ACCOUNT, body)["data"]["attributes"]["results"]
+        assert first == again
+        assert sum(r["statistics"]["recipients"] for r in first) == 40
+        assert len(first) >= 2  # spread over the messages, not piled on one
+    finally:
+        store.close()
