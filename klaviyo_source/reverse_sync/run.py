@@ -1,0 +1,302 @@
+"""One reverse-sync run: read the audience, diff it against state, push what changed, advance state.
+
+Order of work (each step advances state only for what Klaviyo accepted, batch by batch,
+so a killed run resumes where it stopped and a rerun of an unchanged audience sends nothing):
+
+1. local validation — bad rows go to the rejects table, never to Klaviyo;
+2. bulk-import jobs for new/changed profiles (and list members, via the job's list relationship);
+3. profile-import with nulls for fields whose column became NULL;
+4. explicit consent through subscription jobs;
+5. ``mirror`` mode: removal of departed members by Klaviyo profile id.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import pyarrow as pa
+
+from .diff import Plan, plan
+from .mapping import IDENTIFIERS, ReverseSyncConfig, build_clear, build_profile
+from .report import ReverseSyncReport
+from .source_rows import Warehouse, read_audience
+from .state import SyncState
+from .writer import KlaviyoWriter, ReverseSyncError, batches, make_client
+
+SAMPLE_SIZE = 5
+STATE_FIELDS = ("identity_key", "profile_hash", "present_fields", "profile_id", "list_id", "list_name", "in_list",
+                "consent_hash", "job_id")
+
+
+def load_config(config: ReverseSyncConfig | dict[str, Any] | str | Path) -> ReverseSyncConfig:
+    """A config object from itself, a dict, or a TOML/YAML file path."""
+    if isinstance(config, ReverseSyncConfig):
+        return config
+    if isinstance(config, dict):
+        return ReverseSyncConfig.from_dict(config)
+    return ReverseSyncConfig.from_file(config)
+
+
+def reverse_sync(
+    config: ReverseSyncConfig | dict[str, Any] | str | Path,
+    *,
+    destination: Any,
+    dataset_name: str,
+    credentials: Any = None,
+    api_key: str | None = None,
+    base_url: str = "https://a.klaviyo.com",
+    auth: str = "klaviyo-api-key",
+    maton_connection: str | None = None,
+    dry_run: bool = False,
+    rate_limit_scale: float = 1.0,
+    pipelines_dir: str | None = None,
+    client: Any = None,
+    run_id: str | None = None,
+    on_batch: Callable[[int, ReverseSyncReport], None] | None = None,
+) -> ReverseSyncReport:
+    """Push the audience into Klaviyo, sending only what changed since the last accepted run.
+
+    ``destination``/``dataset_name``/``credentials`` name the warehouse the extraction loads
+    into (``"duckdb"`` + file path, ``"postgres"`` + DSN, a ``.duckdb`` path, a DSN, or a dlt
+    destination). ``api_key``/``base_url``/``auth``/``maton_connection`` reach Klaviyo (or a
+    ``client`` from ``make_client``). ``dry_run`` reports counts and samples and sends nothing.
+    Raises ``ConfigError``/``SourceError`` for bad input and ``ReverseSyncError`` for run failures.
+    """
+    started = time.monotonic()
+    config = load_config(config)
+    report = ReverseSyncReport(sync_name=config.name, run_id=run_id or uuid.uuid4().hex[:12], dry_run=dry_run)
+    warehouse = Warehouse(destination, dataset_name, credentials=credentials, pipelines_dir=pipelines_dir)
+    rows = read_audience(warehouse, config.table, config.query, config.source_columns)
+    state = SyncState(warehouse, config.name)
+    prior = state.load()
+
+    writer = None
+    list_id = config.list.id if config.list else None
+    if not dry_run:
+        if client is None:
+            if not api_key:
+                raise ReverseSyncError("no Klaviyo API key: pass api_key (or set KLAVIYO_API_KEY for the CLI)")
+            client = make_client(api_key, base_url, auth=auth, maton_connection=maton_connection,
+                                 rate_limit_scale=rate_limit_scale)
+        writer = KlaviyoWriter(client)
+        if config.list and config.list.name:
+            list_id = writer.find_list(config.list.name)
+            if list_id is None:
+                if not config.list.create:
+                    raise ReverseSyncError(f"no Klaviyo list named {config.list.name!r}; "
+                                           "create it or set [list] create = true")
+                list_id = writer.create_list(config.list.name)
+                report.list_created = True
+    report.list_id = list_id
+
+    work = plan(config, rows, prior, list_id)
+    report.read = work.read
+    report.unchanged = work.unchanged
+    report.rejected_local = work.rejected.num_rows
+    if dry_run:
+        _describe(work, report)
+    else:
+        state.reject(report.run_id, "local", _local_rejects(work.rejected))
+        _check_threshold(config, report, work.rejected.num_rows)
+        _Pusher(config, work, state, writer, warehouse, list_id, report, on_batch).run()
+        report.requests = writer.requests
+    report.rejected = report.rejected_local + report.rejected_remote
+    report.seconds = time.monotonic() - started
+    if not dry_run:
+        _check_threshold(config, report, report.rejected)
+    return report
+
+
+def _local_rejects(rejected: pa.Table) -> list[tuple[str | None, str, str | None]]:
+    return [(r["identity_key"], r["reason"], r["row_json"]) for r in rejected.to_pylist()]
+
+
+def _check_threshold(config: ReverseSyncConfig, report: ReverseSyncReport, rejected: int) -> None:
+    limit = config.max_rejected_fraction
+    if limit is not None and report.read and rejected / report.read > limit:
+        raise ReverseSyncError(
+            f"{rejected} of {report.read} rows rejected (more than max_rejected_fraction={limit}); "
+            f"reasons in _klaviyo_reverse_sync_rejects (run_id {report.run_id})")
+
+
+def _describe(work: Plan, report: ReverseSyncReport) -> None:
+    """Dry run: counts and a few sample rows per action."""
+    upserts = work.upserts.to_pylist()
+    public = [f for f in work.fields]
+    show = lambda r: {"identity": r["__identity"], **{f: r[f] for f in public if r.get(f) is not None}}  # noqa: E731
+    groups = {
+        "create": [show(r) for r in upserts if r["__is_new"]],
+        "update": [show(r) for r in upserts if not r["__is_new"] and r["__changed"]],
+        "clear": [{"identity": r["__identity"], "fields": r["__cleared"]} for r in upserts if r["__cleared"]],
+        "add": [{"identity": r["__identity"]} for r in upserts if r["__needs_list"]],
+        "remove": [{"identity": k} for k in work.departed.column("identity_key").to_pylist()],
+        "subscribe": [{"identity": r["__identity"]} for r in work.consents.to_pylist()],
+        "reject": [{"identity": r["identity_key"], "reason": r["reason"]} for r in work.rejected.to_pylist()],
+    }
+    report.would = {k: len(v) for k, v in groups.items()}
+    report.samples = {k: v[:SAMPLE_SIZE] for k, v in groups.items() if v}
+
+
+class _Pusher:
+    """Sends a plan to Klaviyo and advances state as Klaviyo accepts it."""
+
+    def __init__(self, config: ReverseSyncConfig, work: Plan, state: SyncState, writer: KlaviyoWriter,
+                 warehouse: Warehouse, list_id: str | None, report: ReverseSyncReport,
+                 on_batch: Callable[[int, ReverseSyncReport], None] | None):
+        self.config, self.work, self.state, self.writer = config, work, state, writer
+        self.warehouse, self.list_id, self.report, self.on_batch = warehouse, list_id, report, on_batch
+        self.current: dict[str, dict[str, Any]] = {}  # identity -> latest state row written this run
+        self.failed: set[str] = set()  # identities Klaviyo rejected this run
+
+    def run(self) -> None:
+        self.push_profiles()
+        self.push_consent()
+        self.remove_departed()
+
+    # -- state rows -----------------------------------------------------------------------
+    def _base(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The identity's state as it stands (written this run, else as read before the run)."""
+        identity = row["__identity"]
+        if identity in self.current:
+            return dict(self.current[identity])
+        return {"identity_key": identity, "profile_hash": row["__prev_hash"], "present_fields": row["__prev_present"],
+                "profile_id": row["__profile_id"], "list_id": row["__prev_list_id"],
+                "list_name": row["__prev_list_name"], "in_list": row["__prev_in_list"],
+                "consent_hash": row["__prev_consent_hash"], "job_id": None}
+
+    def _save(self, rows: list[dict[str, Any]]) -> None:
+        self.state.save(rows)
+        for row in rows:
+            self.current[row["identity_key"]] = row
+
+    def _reject(self, stage: str, rejects: list[tuple[str, str, str | None]]) -> None:
+        self.state.reject(self.report.run_id, stage, rejects)
+        self.report.rejected_remote += len(rejects)
+        self.failed.update(r[0] for r in rejects)
+
+    # -- 2 + 3: profiles, list members, clears ---------------------------------------------
+    def push_profiles(self) -> None:
+        rows = self.work.upserts.to_pylist()
+        if not rows:
+            return
+        profiles = [build_profile(r, self.work.fields, orjson.loads(r["__props_json"]) if r["__props_json"] else None)
+                    for r in rows]
+        encoded = [orjson.dumps(p) for p in profiles]
+        list_target = self.config.list
+        for number, (start, end) in enumerate(batches(encoded, self.config.batch_size, self.config.max_batch_bytes)):
+            job_id, failures = self.writer.bulk_import(profiles[start:end], self.list_id if list_target else None)
+            self.report.jobs += 1
+            saved, rejects, conflicts = [], [], []
+            for offset, row in enumerate(rows[start:end]):
+                failure = failures.get(offset)
+                if failure is not None:
+                    rejects.append((row["__identity"], failure.reason, encoded[start + offset].decode()))
+                    continue
+                next_state = self._base(row)
+                next_state.update(profile_hash=row["__hash"], present_fields=row["__present"], job_id=job_id)
+                if list_target:
+                    next_state.update(list_id=self.list_id, list_name=list_target.name, in_list=True)
+                    self.report.added_to_list += int(bool(row["__needs_list"]))
+                if row["__cleared"]:
+                    body = build_clear(row, row["__cleared"])
+                    profile_id, problem = self.writer.profile_import(body)
+                    if problem is not None:
+                        # keep the old hash: the next run retries the clear
+                        next_state.update(profile_hash=row["__prev_hash"], present_fields=row["__prev_present"])
+                        stage_list = conflicts if problem.code == "duplicate_profile" else rejects
+                        stage_list.append((row["__identity"], problem.reason, orjson.dumps(body).decode()))
+                        saved.append(next_state)
+                        continue
+                    next_state["profile_id"] = profile_id
+                    self.report.cleared += 1
+                saved.append(next_state)
+                if row["__changed"]:
+                    if row["__is_new"]:
+                        self.report.created += 1
+                    else:
+                        self.report.updated += 1
+            self.report.sent += end - start
+            self._save(saved)
+            if rejects:
+                self._reject("import_error", rejects)
+            if conflicts:
+                self._reject("conflict", conflicts)
+            self.report.requests = self.writer.requests
+            if self.on_batch:
+                self.on_batch(number, self.report)
+            if self.config.max_rejected_fraction is not None:
+                _check_threshold(self.config, self.report, self.report.rejected_local + self.report.rejected_remote)
+
+    # -- 4: consent -----------------------------------------------------------------------
+    def push_consent(self) -> None:
+        rows = [r for r in self.work.consents.to_pylist() if r["__identity"] not in self.failed]
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start:start + 1000]
+            payloads = [self._subscription(r) for r in chunk]
+            self.writer.subscribe(payloads)
+            saved = []
+            for row in chunk:
+                next_state = self._base(row)
+                next_state["consent_hash"] = row["__consent_hash"]
+                saved.append(next_state)
+            self._save(saved)
+            self.report.subscribed += len(chunk)
+
+    def _subscription(self, row: dict[str, Any]) -> dict[str, Any]:
+        attributes: dict[str, Any] = {k: row[k] for k in ("email", "phone_number") if row.get(k) is not None}
+        subscriptions: dict[str, Any] = {}
+        for consent in self.config.consent:
+            if row.get(f"__consent_{consent.channel}"):
+                marketing: dict[str, Any] = {"consent": "SUBSCRIBED"}
+                at = row.get(f"__consent_{consent.channel}_at")
+                if at is not None:
+                    marketing["consented_at"] = at.isoformat()
+                subscriptions[consent.channel] = {"marketing": marketing}
+        attributes["subscriptions"] = subscriptions
+        return {"type": "profile", "attributes": attributes}
+
+    # -- 5: mirror removals ---------------------------------------------------------------
+    def remove_departed(self) -> None:
+        departed = self.work.departed.to_pylist()
+        if not departed or not self.list_id:
+            return
+        ids = self._resolve_ids([d for d in departed if not d.get("profile_id")])
+        for start in range(0, len(departed), 1000):
+            chunk = departed[start:start + 1000]
+            removable = []
+            for row in chunk:
+                row["profile_id"] = row.get("profile_id") or ids.get(row["identity_key"])
+                if row["profile_id"]:
+                    removable.append(row["profile_id"])
+                else:
+                    self.report.unresolved_removals += 1  # no such profile in Klaviyo: not a member either
+            if removable:
+                self.writer.remove_from_list(self.list_id, removable)
+            self._save([{**{k: row.get(k) for k in STATE_FIELDS}, "in_list": False} for row in chunk])
+            self.report.removed_from_list += len(removable)
+
+    def _resolve_ids(self, rows: list[dict[str, Any]]) -> dict[str, str]:
+        """identity key -> Klaviyo profile id: the extracted ``profiles`` table first, then the API."""
+        wanted: dict[str, dict[str, str]] = {}
+        for row in rows:
+            kind, _, value = row["identity_key"].partition(":")
+            wanted.setdefault(kind, {})[value] = row["identity_key"]
+        found: dict[str, str] = {}
+        columns = self.warehouse.table_columns("profiles")
+        for kind, values in wanted.items():
+            if "id" in columns and kind in columns and kind in IDENTIFIERS:
+                table = self.warehouse.read_arrow(f'select id, "{kind}" from profiles where "{kind}" is not null')
+                for pid, value in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
+                    key = value.lower() if kind == "email" else value
+                    if key in values:
+                        found.setdefault(values[key], pid)
+            missing = [v for v, identity in values.items() if identity not in found]
+            if missing:
+                for value, pid in self.writer.lookup_profile_ids(kind, missing).items():
+                    if value in values:
+                        found.setdefault(values[value], pid)
+        return found

@@ -1,0 +1,98 @@
+"""The sync's memory in the destination: ``_klaviyo_reverse_sync_state`` and ``_klaviyo_reverse_sync_rejects``.
+
+State holds, per (sync name, identity), the hash of what Klaviyo last accepted, the
+non-null fields it had (to know what to clear), the profile id when known, list
+membership and the consent hash. It is written through dlt (merge on the primary key)
+after every batch Klaviyo accepted, so a killed run resumes where it stopped.
+Rejects are appended with their reason and the row, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Iterable
+
+import dlt
+import pyarrow as pa
+
+from .diff import STATE_COLUMNS, empty_state
+from .source_rows import Warehouse
+
+STATE_TABLE = "_klaviyo_reverse_sync_state"
+REJECTS_TABLE = "_klaviyo_reverse_sync_rejects"
+REJECT_COLUMNS = {
+    "sync_name": pa.string(), "run_id": pa.string(), "identity_key": pa.string(), "stage": pa.string(),
+    "reason": pa.string(), "row_json": pa.string(), "rejected_at": pa.timestamp("us", tz="UTC"),
+}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _state_resource(rows: pa.Table):  # noqa: ANN202 - a dlt resource
+    return dlt.resource(rows, name=STATE_TABLE, write_disposition="merge",
+                        primary_key=["sync_name", "identity_key"],
+                        columns={"in_list": {"data_type": "bool"}})
+
+
+class SyncState:
+    """Read and advance the state and rejects tables of one sync."""
+
+    def __init__(self, warehouse: Warehouse, sync_name: str):
+        self.warehouse = warehouse
+        self.sync_name = sync_name
+
+    def load(self) -> pa.Table:
+        """This sync's state rows (empty when the table does not exist yet)."""
+        if not self.warehouse.table_exists(STATE_TABLE):
+            return empty_state()
+        name = self.sync_name.replace("'", "''")
+        columns = ", ".join(STATE_COLUMNS)
+        table = self.warehouse.read_arrow(f"select {columns} from {STATE_TABLE} where sync_name = '{name}'")
+        if table.num_rows == 0:
+            return empty_state()
+        return table.cast(pa.schema(STATE_COLUMNS.items()))
+
+    def save(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Merge state rows (whole rows: every column) into the state table; returns how many."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        stamp = _now()
+        data = {name: [r.get(name) for r in rows] for name in STATE_COLUMNS}
+        data["sync_name"] = [self.sync_name] * len(rows)
+        data["synced_at"] = [stamp] * len(rows)
+        table = pa.table({k: pa.array(v, STATE_COLUMNS[k]) for k, v in data.items()})
+        self._run(_state_resource(table))
+        return len(rows)
+
+    def reject(self, run_id: str, stage: str, rejects: Iterable[tuple[str | None, str, str | None]]) -> int:
+        """Append (identity_key, reason, row JSON) rejects of one stage; returns how many."""
+        rejects = list(rejects)
+        if not rejects:
+            return 0
+        stamp = _now()
+        table = pa.table({
+            "sync_name": pa.array([self.sync_name] * len(rejects), pa.string()),
+            "run_id": pa.array([run_id] * len(rejects), pa.string()),
+            "identity_key": pa.array([r[0] for r in rejects], pa.string()),
+            "stage": pa.array([stage] * len(rejects), pa.string()),
+            "reason": pa.array([r[1] for r in rejects], pa.string()),
+            "row_json": pa.array([r[2] for r in rejects], pa.string()),
+            "rejected_at": pa.array([stamp] * len(rejects), REJECT_COLUMNS["rejected_at"]),
+        })
+        self._run(dlt.resource(table, name=REJECTS_TABLE, write_disposition="append"))
+        return len(rejects)
+
+    def rejects(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Rejected rows of this sync (of one run when given), oldest first."""
+        if not self.warehouse.table_exists(REJECTS_TABLE):
+            return []
+        where = f"sync_name = '{self.sync_name}'" + (f" and run_id = '{run_id}'" if run_id else "")
+        return self.warehouse.read_arrow(
+            f"select {', '.join(REJECT_COLUMNS)} from {REJECTS_TABLE} where {where} order by rejected_at").to_pylist()
+
+    def _run(self, resource: Any) -> None:
+        info = self.warehouse.pipeline.run(resource, loader_file_format="parquet")
+        info.raise_on_failed_jobs()
