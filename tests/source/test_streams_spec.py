@@ -1,0 +1,87 @@
+"""The stream table must agree with Klaviyo's OpenAPI spec: drift in the spec fails here."""
+
+from __future__ import annotations
+
+import pytest
+
+from klaviyo_sandbox.spec import load_spec
+from klaviyo_source.columns import relationship_is_to_one, stream_columns
+from klaviyo_source.streams import STREAMS
+
+SPEC = load_spec()
+
+
+def op(stream):
+    return SPEC.operation("GET", stream.path)
+
+
+@pytest.mark.parametrize("stream", STREAMS, ids=lambda s: s.name)
+def test_rate_tier_matches_spec(stream):
+    limit = op(stream).rate_limit
+    assert (stream.rate_tier.burst_per_second, stream.rate_tier.steady_per_minute) == (
+        limit.burst_per_second,
+        limit.steady_per_minute,
+    )
+    spec_extra = {value: (l.burst_per_second, l.steady_per_minute) for (_, value), l in op(stream).extra_rate_limits.items()}
+    ours = {marker: (t.burst_per_second, t.steady_per_minute) for marker, t in stream.extra_rate_tiers}
+    assert ours == {k: v for k, v in spec_extra.items() if k in stream.additional_fields + stream.optional_fields}
+    # every per-parameter bucket of a field we may request must be paced
+    for value in spec_extra:
+        if value in stream.additional_fields + stream.optional_fields:
+            assert value in ours
+
+
+@pytest.mark.parametrize("stream", STREAMS, ids=lambda s: s.name)
+def test_page_size_is_the_spec_maximum(stream):
+    page = op(stream).page_size
+    if page is None:
+        assert stream.page_size is None, "endpoint has no page[size] parameter"
+    else:
+        assert stream.page_size == page.maximum
+
+
+@pytest.mark.parametrize("stream", [s for s in STREAMS if s.incremental], ids=lambda s: s.name)
+def test_cursor_operators_are_the_specs(stream):
+    allowed = op(stream).filters.get(stream.cursor_field)
+    assert allowed, f"{stream.cursor_field} is not filterable on {stream.path}"
+    assert tuple(stream.cursor_operators) == tuple(allowed)
+    assert {"greater-than", "greater-or-equal"} & set(allowed)
+
+
+@pytest.mark.parametrize("stream", STREAMS, ids=lambda s: s.name)
+def test_sort_partitions_fields_exist_in_spec(stream):
+    operation = op(stream)
+    if stream.sort:
+        assert stream.sort in operation.sorts
+    for partition in stream.partitions:
+        for operator, field, _ in partition.conditions:
+            assert operator in operation.filters[field]
+    if operation.filter_required:
+        assert stream.partitions, f"{stream.path} requires a filter: give the row partitions"
+    fields = stream.additional_fields + stream.optional_fields
+    if fields:
+        assert set(fields) <= set(operation.enum(f"additional-fields[{stream.resource_type}]"))
+
+
+@pytest.mark.parametrize("stream", STREAMS, ids=lambda s: s.name)
+def test_relationship_columns_are_to_one_in_spec(stream):
+    for relation in stream.relationships:
+        assert relationship_is_to_one(stream, relation), relation
+
+
+@pytest.mark.parametrize("stream", STREAMS, ids=lambda s: s.name)
+def test_columns_cover_every_spec_attribute(stream):
+    columns = stream_columns(stream, stream.additional_fields)
+    names = [c.name for c in columns]
+    assert names[0] == "id" and len(names) == len(set(names))
+    if stream.cursor_field:
+        cursor = next(c for c in columns if c.name == stream.cursor_field)
+        assert cursor.kind == "timestamp"
+    for bag in stream.json_columns:
+        assert next(c for c in columns if c.name == bag).kind == "json"
+
+
+def test_campaigns_read_every_channel_archived_or_not():
+    campaigns = next(s for s in STREAMS if s.name == "campaigns")
+    seen = {(dict((f, v) for _, f, v in p.conditions)["messages.channel"], dict((f, v) for _, f, v in p.conditions)["archived"]) for p in campaigns.partitions}
+    assert seen == {(c, a) for c in ("email", "sms", "mobile_push") for a in (False, True)}
