@@ -1,0 +1,184 @@
+"""JSON:API serialisation: resource objects, relationship blocks, collection links and cursors.
+
+Records are stored with their ``attributes`` already as JSON text, so a page is built
+by splicing strings (no per-record parse) unless ``fields[...]`` asks for a subset.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from typing import Any, Iterable
+from urllib.parse import quote, urlencode
+
+import orjson
+
+from .errors import invalid
+from .spec import Spec
+from .store import KINDS, Kind
+
+
+def jstr(value: str) -> str:
+    """A JSON string literal."""
+    return orjson.dumps(value).decode()
+
+
+def url_id(value: str) -> str:
+    return quote(value, safe="$:@-_.~")
+
+
+@functools.lru_cache(maxsize=None)
+def relationship_shapes(spec: Spec, type_: str) -> tuple[tuple[str, bool], ...]:
+    """(name, is_to_many) of the relationships the spec gives a ``type_`` resource."""
+    kind = KINDS[type_]
+    try:
+        op = spec.operation("GET", f"/api/{kind.collection}/{{id}}")
+    except KeyError:
+        return ()
+    schema = spec.schema(op.response_schemas.get("200", {}))
+    data = spec.schema(schema.get("properties", {}).get("data", {}))
+    for part in data.get("allOf", []):  # profiles wrap their object in allOf
+        part = spec.schema(part)
+        if "relationships" in part.get("properties", {}):
+            data = part
+    rels = spec.schema(data.get("properties", {}).get("relationships", {})).get("properties", {})
+    shapes = []
+    for name, rel in rels.items():
+        rel_data = spec.schema(spec.schema(rel).get("properties", {}).get("data", {}))
+        shapes.append((name, rel_data.get("type") == "array"))
+    return tuple(shapes)
+
+
+def pick_fields(attributes: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+    """Sparse fieldset: keep only ``fields`` (dotted names reach into nested objects)."""
+    out: dict[str, Any] = {}
+    for name in fields:
+        if name == "id":
+            continue
+        parts = name.split(".")
+        node: Any = attributes
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if node is None and parts[0] not in attributes:
+            continue
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = node
+    return out
+
+
+class Serializer:
+    """Builds resource objects for one request (knows the base URL for links)."""
+
+    def __init__(self, spec: Spec, base: str):
+        self.spec = spec
+        self.base = base  # e.g. "http://127.0.0.1:5000" (+ "/klaviyo" behind the gateway)
+
+    def self_link(self, kind: Kind, id_: str) -> str:
+        return f"{self.base}/api/{kind.collection}/{url_id(id_)}/"
+
+    def rel_links(self, kind: Kind, id_: str, name: str) -> str:
+        root = f"{self.base}/api/{kind.collection}/{url_id(id_)}"
+        return f'{{"self":{jstr(f"{root}/relationships/{name}/")},"related":{jstr(f"{root}/{name}/")}}}'
+
+    def resource(self, kind: Kind, id_: str, attrs: str, to_one: dict[str, str | None] | None = None,
+                 extras: dict[str, str | None] | None = None, fields: tuple[str, ...] | None = None,
+                 many_data: dict[str, list[str]] | None = None) -> str:
+        """One resource object as JSON text.
+
+        ``attrs`` is the stored attributes JSON; ``extras`` maps additional-field names to JSON
+        text; ``to_one`` maps relationship names to target ids; ``many_data`` gives to-many
+        relationship ids to show as ``data`` (only when the request included them).
+        """
+        if fields is not None or (extras and any(v is not None for v in extras.values())):
+            attributes = orjson.loads(attrs)
+            for name, text in (extras or {}).items():
+                if text is not None:
+                    attributes[name] = orjson.loads(text)
+            if fields is not None:
+                attributes = pick_fields(attributes, fields)
+            attrs = orjson.dumps(attributes).decode()
+        parts = [f'{{"type":{jstr(kind.type)},"id":{jstr(id_)}']
+        if kind.has_attributes:
+            parts.append(f',"attributes":{attrs}')
+        shapes = relationship_shapes(self.spec, kind.type)
+        if shapes:
+            rels = []
+            for name, is_many in shapes:
+                links = self.rel_links(kind, id_, name)
+                if not is_many and to_one is not None and name in to_one:
+                    target_id = to_one[name]
+                    if target_id is None:
+                        rels.append(f'{jstr(name)}:{{"links":{links}}}')
+                    else:
+                        target = KINDS[kind.to_one[name]].type
+                        rels.append(f'{jstr(name)}:{{"data":{{"type":{jstr(target)},"id":{jstr(target_id)}}},"links":{links}}}')
+                elif is_many and many_data is not None and name in many_data:
+                    target = RELATED_TYPES.get((kind.type, name), name.rstrip("s"))
+                    data = ",".join(f'{{"type":{jstr(target)},"id":{jstr(i)}}}' for i in many_data[name])
+                    rels.append(f'{jstr(name)}:{{"data":[{data}],"links":{links}}}')
+                else:
+                    rels.append(f'{jstr(name)}:{{"links":{links}}}')
+            parts.append(',"relationships":{' + ",".join(rels) + "}")
+        parts.append(f',"links":{{"self":{jstr(self.self_link(kind, id_))}}}}}')
+        return "".join(parts)
+
+
+# target type of to-many relationship names whose singular is not obvious
+RELATED_TYPES: dict[tuple[str, str], str] = {
+    ("profile", "lists"): "list", ("profile", "segments"): "segment", ("profile", "push-tokens"): "push-token",
+    ("profile", "conversations"): "conversation",
+    ("list", "profiles"): "profile", ("segment", "profiles"): "profile",
+    ("list", "tags"): "tag", ("segment", "tags"): "tag", ("campaign", "tags"): "tag", ("flow", "tags"): "tag",
+    ("list", "flow-triggers"): "flow", ("segment", "flow-triggers"): "flow", ("metric", "flow-triggers"): "flow",
+    ("campaign", "campaign-messages"): "campaign-message", ("flow", "flow-actions"): "flow-action",
+    ("flow-action", "flow-messages"): "flow-message", ("tag", "campaigns"): "campaign", ("tag", "flows"): "flow",
+    ("tag", "lists"): "list", ("tag", "segments"): "segment", ("catalog-item", "variants"): "catalog-variant",
+    ("catalog-item", "categories"): "catalog-category", ("catalog-category", "items"): "catalog-item",
+    ("webhook", "webhook-topics"): "webhook-topic", ("event", "attributions"): "attribution",
+    ("coupon", "coupon-codes"): "coupon-code",
+}
+
+
+# -- cursors -------------------------------------------------------------------------
+def encode_cursor(values: list[Any]) -> str:
+    """Opaque page cursor holding the keyset position (last sort value + seq)."""
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(values, list):
+            raise ValueError
+        return values
+    except Exception:  # noqa: BLE001 - any malformed cursor is the client's error
+        raise invalid(f"Invalid page cursor {cursor!r}; use the links.next URL of the previous page.",
+                      parameter="page[cursor]") from None
+
+
+def page_url(base: str, path: str, args: list[tuple[str, str]], cursor: str | None) -> str:
+    """The request URL with ``page[cursor]`` replaced (query order otherwise kept)."""
+    kept = [(k, v) for k, v in args if k != "page[cursor]"]
+    if cursor is not None:
+        kept.append(("page[cursor]", cursor))
+    query = urlencode(kept, safe="[],:'()$@")
+    return f"{base}{path}" + (f"?{query}" if query else "")
+
+
+def collection_body(items: list[str], links: dict[str, str], included: list[str] | None = None) -> bytes:
+    body = '{"data":[' + ",".join(items) + '],"links":' + orjson.dumps(links).decode()
+    if included is not None:
+        body += ',"included":[' + ",".join(included) + "]"
+    return (body + "}").encode()
+
+
+def single_body(item: str | None, links: dict[str, str], included: list[str] | None = None) -> bytes:
+    body = '{"data":' + (item if item is not None else "null") + ',"links":' + orjson.dumps(links).decode()
+    if included is not None:
+        body += ',"included":[' + ",".join(included) + "]"
+    return (body + "}").encode()
