@@ -783,3 +783,31 @@ HANDLERS = {
     CAMPAIGN_VALUES_PATH: query_campaign_values,
     FLOW_SERIES_PATH: query_flow_series,
 }
+
+
+# --------------------------------------------------------------------------- HTTP wiring
+
+def _handler(compute: Callable[..., dict[str, Any]]):
+    def handle(ctx):  # ctx: klaviyo_sandbox.app.RequestContext
+        from klaviyo_sandbox.errors import invalid
+
+        body = ctx.json_body()
+        try:
+            document = compute(ctx.store, ctx.account, body, ctx.link_base)
+        except ReportError as error:
+            raise invalid(error.detail, pointer=error.pointer) from None
+        return ctx.respond(document)
+
+    handle.__name__ = compute.__name__
+    return handle
+
+
+def register(app: Any) -> None:
+    """Add the three reporting endpoints to a ``SandboxApp`` (rate limits come from the spec via the app)."""
+    for path, compute in HANDLERS.items():
+        app.route("POST", path, _handler(compute))
+
+
+def attach(sandbox: Any) -> None:
+    """Hook called by ``Sandbox`` for sibling modules: registers the reporting endpoints."""
+    register(sandbox.app)
