@@ -1,0 +1,368 @@
+"""``klaviyo-dlt``: sync Klaviyo into a warehouse, reverse-sync audiences back, run the local
+sandbox or the demo, manage Maton connections, and show pipeline status.
+
+Every failure prints one line naming what to fix (a traceback only with ``--debug``) and exits
+with a documented code (see ``klaviyo_source.cli_errors``).  Keys are read from the environment
+or ``.dlt/secrets.toml`` — never from the command line — and never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Any, Sequence
+
+from klaviyo_source.cli_errors import (
+    EXIT_CODES_HELP,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    UsageError,
+    classify,
+    redact,
+    register_secret,
+)
+from klaviyo_source.cli_output import Output, error_line, setup_logging
+
+PROG = "klaviyo-dlt"
+DELEGATED = ("sandbox", "reverse-sync")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--log-format", choices=("text", "json"), default="text" if top else default,
+                        help="text (default) or json lines for schedulers")
+    parser.add_argument("--debug", action="store_true", default=False if top else default,
+                        help="show tracebacks on errors")
+
+
+def _add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--destination", default="duckdb",
+                        help="duckdb (default), postgres, or any dlt destination configured in .dlt / env")
+    parser.add_argument("--duckdb-path", help="DuckDB file (default ./klaviyo.duckdb, printed as absolute path)")
+    parser.add_argument("--dataset-name", default=None, help="dataset (schema) to load into (default klaviyo_data)")
+    parser.add_argument("--pipeline-name", default=None, help="dlt pipeline name, keys the incremental state (default klaviyo)")
+    parser.add_argument("--pipelines-dir", help="where dlt keeps pipeline working folders (default ~/.dlt/pipelines)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Klaviyo ELT with dlt: sync, reverse sync, sandbox, demo.",
+                     epilog=EXIT_CODES_HELP)
+    _add_common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+
+    sync = sub.add_parser("sync", help="extract Klaviyo into a destination", epilog=EXIT_CODES_HELP)
+    _add_common(sync, top=False)
+    sync.add_argument("resources", nargs="*", help="resources to sync (default: all); see --list-resources")
+    sync.add_argument("--list-resources", action="store_true", help="print the available resources and exit")
+    sync.add_argument("--start-date", help="extract from this date (YYYY-MM-DD or ISO 8601, UTC)")
+    sync.add_argument("--end-date", help="extract up to this date (exclusive)")
+    _add_pipeline_args(sync)
+    sync.add_argument("--full-refresh", action="append", default=[], metavar="RESOURCE",
+                      help="drop this resource's tables and state and reload it (repeatable)")
+    sync.add_argument("--base-url", help="Klaviyo API base URL (default https://a.klaviyo.com; Maton gateway for --auth maton)")
+    sync.add_argument("--auth", choices=("klaviyo-api-key", "bearer", "maton"),
+                      help="klaviyo-api-key (KLAVIYO_API_KEY), bearer (OAuth token in KLAVIYO_API_KEY) or maton (MATON_API_KEY)")
+    sync.add_argument("--maton-connection", help="Maton connection id (Maton-Connection header)")
+    sync.add_argument("--revision", help="Klaviyo API revision header (default 2026-07-15)")
+    sync.add_argument("--all-connections", action="store_true",
+                      help="sync every Maton klaviyo connection, each into <dataset>_<connection>")
+    sync.add_argument("--all-accounts", action="store_true",
+                      help="sync every private key in sources.klaviyo.accounts, each into <dataset>_<name>")
+    sync.add_argument("--ctrl-url", help="Maton connection API (default https://ctrl.maton.ai or MATON_CTRL_URL)")
+    sync.add_argument("--parallel", type=int, default=4, help="accounts synced at once (default 4)")
+    sync.add_argument("--progress", choices=("auto", "rich", "text", "json", "off"), default="auto",
+                      help="progress display on stderr (auto: live table on a terminal)")
+
+    status = sub.add_parser("status", help="per resource: watermark, rows of the last run, when, failures")
+    _add_common(status, top=False)
+    _add_pipeline_args(status)
+
+    demo = sub.add_parser("demo", help="sandbox → DuckDB → SQL → reverse sync, in under a minute")
+    _add_common(demo, top=False)
+    demo.add_argument("--profiles", type=int, default=2000)
+    demo.add_argument("--events", type=int, default=50000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--duckdb-path", default="klaviyo_demo.duckdb")
+    demo.add_argument("--no-reverse-sync", action="store_true", help="stop after the analyst query")
+
+    conns = sub.add_parser("connections", help="manage Maton connections (MATON_API_KEY)")
+    _add_common(conns, top=False)
+    conns.add_argument("--ctrl-url", help="Maton connection API (default https://ctrl.maton.ai or MATON_CTRL_URL)")
+    csub = conns.add_subparsers(dest="action", metavar="action", parser_class=_Parser, required=True)
+    c_list = csub.add_parser("list", help="list connections")
+    c_list.add_argument("--app", default="klaviyo")
+    c_list.add_argument("--status", choices=("ACTIVE", "PENDING", "FAILED"))
+    c_create = csub.add_parser("create", help="create a connection; prints the URL to open for OAuth")
+    c_create.add_argument("--app", default="klaviyo")
+    csub.add_parser("get", help="show one connection").add_argument("connection_id")
+    csub.add_parser("delete", help="delete a connection").add_argument("connection_id")
+
+    sub.add_parser("sandbox", help="run the local Klaviyo API sandbox (see klaviyo-dlt sandbox --help)", add_help=False)
+    sub.add_parser("reverse-sync", help="push a SQL-built audience into Klaviyo (see klaviyo-dlt reverse-sync --help)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``klaviyo-dlt`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        delegated = _delegated(argv)
+        if delegated is not None:
+            return delegated
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return EXIT_USAGE
+        log = setup_logging(args.log_format, args.debug)
+        out = Output(args.log_format)
+        handler = {"sync": cmd_sync, "status": cmd_status, "demo": cmd_demo, "connections": cmd_connections}
+        return handler[args.command](args, out, log)
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        return 130
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line + exit code
+        error = exc if isinstance(exc, CliError) else classify(exc)
+        error_line(str(error))
+        if debug:
+            traceback.print_exception(exc, file=_RedactingStream(sys.stderr))
+        return error.exit_code
+
+
+def _delegated(argv: list[str]) -> int | None:
+    """``sandbox`` and ``reverse-sync`` keep their own argument parsers."""
+    positional = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    if not positional or argv[positional[0]] not in DELEGATED:
+        return None
+    index = positional[0]
+    command, rest = argv[index], argv[:index] + argv[index + 1:]
+    rest = [a for a in rest if a not in ("--debug",)]
+    if command == "sandbox":
+        from klaviyo_sandbox.server import main as sandbox_main
+
+        return int(sandbox_main(rest) or 0)
+    from klaviyo_source.reverse_sync.cli import main as reverse_sync_main
+
+    return int(reverse_sync_main(rest) or 0)
+
+
+# --- sync ----------------------------------------------------------------------------------------
+def _sync_options(args: argparse.Namespace) -> Any:
+    from klaviyo_source.pipeline_runner import (
+        DEFAULT_DATASET_NAME,
+        DEFAULT_PIPELINE_NAME,
+        SyncOptions,
+        parse_date,
+    )
+
+    return SyncOptions(
+        resources=list(getattr(args, "resources", None) or []) or None,
+        start_date=parse_date(getattr(args, "start_date", None), "--start-date"),
+        end_date=parse_date(getattr(args, "end_date", None), "--end-date"),
+        destination=args.destination,
+        duckdb_path=args.duckdb_path,
+        dataset_name=args.dataset_name or DEFAULT_DATASET_NAME,
+        pipeline_name=args.pipeline_name or DEFAULT_PIPELINE_NAME,
+        full_refresh=list(getattr(args, "full_refresh", None) or []),
+        base_url=getattr(args, "base_url", None),
+        auth=getattr(args, "auth", None),
+        maton_connection=getattr(args, "maton_connection", None),
+        revision=getattr(args, "revision", None),
+        pipelines_dir=args.pipelines_dir,
+    )
+
+
+def resolve_api_key(auth: str | None) -> str:
+    """The key for ``auth`` from the environment or ``.dlt/secrets.toml``; a one-line error if absent."""
+    import dlt
+
+    if auth == "maton":
+        key = os.environ.get("MATON_API_KEY") or dlt.secrets.get("sources.klaviyo.maton_api_key")
+        hint = "Maton API key missing: set MATON_API_KEY (or sources.klaviyo.maton_api_key in .dlt/secrets.toml)"
+    else:
+        key = os.environ.get("KLAVIYO_API_KEY") or dlt.secrets.get("sources.klaviyo.api_key")
+        hint = ("Klaviyo API key missing: set KLAVIYO_API_KEY (or sources.klaviyo.api_key in .dlt/secrets.toml), "
+                "or use --auth maton with MATON_API_KEY")
+    if not key:
+        raise UsageError(hint)
+    key = str(key)
+    register_secret(key)
+    return key
+
+
+def _progress_mode(requested: str, log_format: str, many: bool) -> str:
+    if log_format == "json" and requested in ("auto", "rich", "text"):
+        return "json"
+    if requested == "auto":
+        return "text" if many or not sys.stderr.isatty() else "rich"
+    return requested
+
+
+def cmd_sync(args: argparse.Namespace, out: Output, log: Any) -> int:
+    from klaviyo_source.progress import SyncProgress
+
+    if args.list_resources:
+        from klaviyo_source.pipeline_runner import resource_names
+
+        names = resource_names()
+        out.emit({"resources": names}) if out.json else out.line("\n".join(names))
+        return EXIT_OK
+    opts = _sync_options(args)
+    if args.all_connections or args.all_accounts:
+        return _sync_many(args, opts, out, log)
+    from klaviyo_source.pipeline_runner import describe_destination, run_sync, validate
+
+    opts.api_key = resolve_api_key(opts.auth)
+    validate(opts)
+    mode = _progress_mode(args.progress, args.log_format, many=False)
+    log.info(f"syncing {', '.join(opts.resources or ['all resources'])} into {describe_destination(opts)} "
+             f"dataset {opts.dataset_name}")
+    result = run_sync(opts, progress=SyncProgress(mode=mode))
+    _print_results(out, [result])
+    return EXIT_OK
+
+
+def _sync_many(args: argparse.Namespace, opts: Any, out: Output, log: Any) -> int:
+    from klaviyo_source.accounts import config_targets, connection_targets, overall_exit_code, sync_accounts
+    from klaviyo_source.maton import MatonClient
+    from klaviyo_source.pipeline_runner import validate
+    from klaviyo_source.progress import SyncProgress
+
+    if args.all_connections and args.all_accounts:
+        raise UsageError("choose one of --all-connections and --all-accounts")
+    if args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
+    if args.all_connections:
+        key = resolve_api_key("maton")
+        opts.api_key = key
+        targets = connection_targets(MatonClient(key, ctrl_url=args.ctrl_url), gateway_url=opts.base_url)
+    else:
+        targets = config_targets(base_url=opts.base_url)
+    if not targets:
+        raise UsageError("no accounts to sync (no ACTIVE or FAILED klaviyo connection)")
+    validate(opts)
+    mode = _progress_mode(args.progress, args.log_format, many=True)
+    log.info(f"syncing {len(targets)} accounts, {min(args.parallel, len(targets))} at a time")
+    results = sync_accounts(opts, targets, parallel=args.parallel,
+                            progress_factory=lambda t: SyncProgress(mode=mode, label=t.name, period=5.0))
+    _print_results(out, results)
+    for failed in (r for r in results if not r.ok):
+        log.error(f"account {failed.label} failed: {failed.error}")
+    return overall_exit_code(results)
+
+
+def _print_results(out: Output, results: Sequence[Any]) -> None:
+    if out.json:
+        for r in results:
+            out.emit({"event": "sync_result", "account": r.label, "pipeline": r.pipeline_name,
+                      "dataset": r.dataset_name, "destination": r.destination, "ok": r.ok,
+                      "exit_code": r.exit_code, "error": r.error, "rows": r.rows,
+                      "load_ids": r.load_ids, "seconds": round(r.seconds, 2)})
+        return
+    many = len(results) > 1 or results[0].label is not None
+    rows = []
+    for r in results:
+        if not r.ok:
+            rows.append(([r.label] if many else []) + [r.dataset_name, "FAILED", None, r.error])
+            continue
+        for table, count in sorted(r.rows.items()) or [("(no new rows)", 0)]:
+            rows.append(([r.label] if many else []) + [r.dataset_name, table, count, f"{r.seconds:.1f}s"])
+    columns = (["account"] if many else []) + ["dataset", "table", "rows", "time / error"]
+    out.table(f"Sync summary → {results[0].destination}", columns, rows)
+
+
+# --- status --------------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace, out: Output, log: Any) -> int:
+    from klaviyo_source.pipeline_status import pipeline_status
+
+    opts = _sync_options(args)
+    report = pipeline_status(opts)
+    if out.json:
+        out.emit({"event": "status", "pipeline": report.pipeline_name, "dataset": report.dataset_name,
+                  "has_runs": report.has_runs, "last_run_at": report.last_run_at,
+                  "last_run_failed": report.last_run_failed, "last_error": report.last_error,
+                  "resources": [vars(r) for r in report.resources]})
+        return EXIT_OK
+    if not report.has_runs:
+        out.line(f"pipeline {report.pipeline_name}: no runs yet into dataset {report.dataset_name}")
+        return EXIT_OK
+    state = "FAILED" if report.last_run_failed else "ok"
+    out.line(f"pipeline {report.pipeline_name} → dataset {report.dataset_name}: last run "
+             f"{report.last_run_at.isoformat(timespec='seconds') if report.last_run_at else '-'} {state}"
+             + (f": {report.last_error}" if report.last_error else ""))
+    out.table("Resources", ["resource", "watermark", "rows last run", "last loaded at", "total rows", "last run"],
+              [[r.resource, r.watermark, r.rows_last_run, r.last_loaded_at, r.total_rows,
+                "FAILED" if r.failed else "ok"] for r in report.resources])
+    return EXIT_OK
+
+
+# --- demo ----------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace, out: Output, log: Any) -> int:
+    from klaviyo_source.demo import run_demo
+
+    run_demo(profiles=args.profiles, events=args.events, seed=args.seed, duckdb_path=args.duckdb_path,
+             reverse_sync=not args.no_reverse_sync, out=out)
+    return EXIT_OK
+
+
+# --- connections ---------------------------------------------------------------------------------
+def cmd_connections(args: argparse.Namespace, out: Output, log: Any) -> int:
+    from klaviyo_source.maton import MatonClient
+
+    client = MatonClient(resolve_api_key("maton"), ctrl_url=args.ctrl_url)
+    if args.action == "list":
+        found = client.list(app=args.app, status=args.status)
+        if out.json:
+            out.emit({"connections": [vars(c) for c in found]})
+        else:
+            out.table(f"Maton connections ({args.app}{', ' + args.status if args.status else ''})",
+                      ["connection_id", "status", "created", "updated"],
+                      [[c.connection_id, c.status, c.creation_time, c.last_updated_time] for c in found])
+        return EXIT_OK
+    if args.action == "create":
+        conn = client.create(app=args.app)
+        if out.json:
+            out.emit({"connection": vars(conn)})
+        else:
+            out.line(f"created connection {conn.connection_id} ({conn.status})")
+            out.line(f"open this URL in a browser to authorise it: {conn.url}")
+        return EXIT_OK
+    if args.action == "get":
+        conn = client.get(args.connection_id)
+        if out.json:
+            out.emit({"connection": vars(conn)})
+        else:
+            out.table(f"connection {conn.connection_id}", ["field", "value"],
+                      [[k, v] for k, v in vars(conn).items()])
+        return EXIT_OK
+    client.delete(args.connection_id)
+    out.emit({"deleted": args.connection_id}) if out.json else out.line(f"deleted connection {args.connection_id}")
+    return EXIT_OK
+
+
+class _RedactingStream:
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(redact(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

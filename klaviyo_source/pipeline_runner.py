@@ -1,0 +1,234 @@
+"""Run one Klaviyo → destination sync: options in, a ``SyncResult`` out.
+
+Shared by the CLI (``klaviyo-dlt sync``), the demo, the multi-account fan-out and the Airflow DAG.
+Builds the destination (DuckDB by default, any dlt destination by name with its config from
+``.dlt``/environment), the ``klaviyo_source`` with the chosen resources and date window, and
+runs the dlt pipeline — a ``--full-refresh`` resource first with ``refresh="drop_resources"``
+(its tables and incremental state start over), the others incrementally.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import dlt
+import pendulum
+
+from klaviyo_source.cli_errors import UsageError, classify, register_secret
+
+DEFAULT_PIPELINE_NAME = "klaviyo"
+DEFAULT_DATASET_NAME = "klaviyo_data"
+DEFAULT_DUCKDB_FILE = "klaviyo.duckdb"
+
+
+@dataclass
+class SyncOptions:
+    """What to sync, from where, into where.  ``None`` means "the source's / dlt's default"."""
+
+    resources: Sequence[str] | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    destination: str = "duckdb"
+    duckdb_path: str | None = None
+    dataset_name: str = DEFAULT_DATASET_NAME
+    pipeline_name: str = DEFAULT_PIPELINE_NAME
+    full_refresh: Sequence[str] = ()
+    api_key: str | None = None
+    base_url: str | None = None
+    auth: str | None = None
+    maton_connection: str | None = None
+    revision: str | None = None
+    pipelines_dir: str | None = None
+    source_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SyncResult:
+    """Outcome of one sync: rows loaded per table, load ids, timing, and the error if it failed."""
+
+    pipeline_name: str
+    dataset_name: str
+    destination: str
+    rows: dict[str, int] = field(default_factory=dict)
+    load_ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+    exit_code: int = 0
+    label: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def parse_date(value: str | None, option: str) -> datetime | None:
+    """``2024-01-31`` or ISO 8601 → aware UTC datetime; anything else is a ``UsageError``."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = pendulum.parse(value, strict=False)
+    except Exception:  # noqa: BLE001 - pendulum raises several types for garbage
+        parsed = None
+    if not isinstance(parsed, datetime):
+        raise UsageError(f"{option}: '{value}' is not a date; use YYYY-MM-DD or ISO 8601 like 2024-01-31T00:00:00Z")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def make_destination(name: str, duckdb_path: str | None = None, pipeline_name: str = DEFAULT_PIPELINE_NAME) -> Any:
+    """A dlt destination by name; DuckDB gets an absolute file path (default ``./klaviyo.duckdb``)."""
+    from dlt.common.destination import Destination
+    from dlt.common.destination.exceptions import DestinationException
+    from dlt.common.exceptions import MissingDependencyException
+
+    if name == "duckdb":
+        return dlt.destinations.duckdb(duckdb_file_path(duckdb_path))
+    try:
+        return Destination.from_reference(name)
+    except MissingDependencyException as exc:
+        raise UsageError(f"destination '{name}' needs extra packages: {str(exc).strip().splitlines()[0]}") from None
+    except (DestinationException, ImportError, KeyError, ValueError):
+        raise UsageError(
+            f"unknown destination '{name}'; use duckdb, postgres or another dlt destination name "
+            "(snowflake, bigquery, filesystem, ...) configured in .dlt/secrets.toml or the environment"
+        ) from None
+
+
+def duckdb_file_path(path: str | None) -> str:
+    return os.path.abspath(os.path.expanduser(path or DEFAULT_DUCKDB_FILE))
+
+
+def describe_destination(opts: SyncOptions) -> str:
+    return f"duckdb:{duckdb_file_path(opts.duckdb_path)}" if opts.destination == "duckdb" else opts.destination
+
+
+def validate(opts: SyncOptions) -> None:
+    """Checks that need no network: dates in order, DuckDB dataset not named like its file."""
+    if opts.start_date and opts.end_date and opts.start_date >= opts.end_date:
+        raise UsageError("--start-date must be before --end-date")
+    now = datetime.now(timezone.utc)
+    if opts.start_date and opts.start_date > now:
+        raise UsageError("--start-date is in the future; Klaviyo rejects future datetimes in filters")
+    if opts.end_date and opts.end_date > now:
+        opts.end_date = now  # a future end is the same window as "now" and Klaviyo 400s on it
+    if opts.destination == "duckdb":
+        stem = os.path.splitext(os.path.basename(duckdb_file_path(opts.duckdb_path)))[0]
+        if stem == opts.dataset_name:
+            raise UsageError(
+                f"--dataset-name '{opts.dataset_name}' equals the DuckDB file name; choose another dataset name"
+            )
+    for name in opts.full_refresh:
+        if opts.resources and name not in opts.resources:
+            raise UsageError(f"--full-refresh {name}: not among the selected resources ({', '.join(opts.resources)})")
+    register_secret(opts.api_key)
+
+
+def _source_factory() -> Any:
+    from klaviyo_source import klaviyo_source
+
+    return klaviyo_source
+
+
+def build_source(opts: SyncOptions, resources: Sequence[str] | None = None, hooks: Any = None) -> Any:
+    """The ``klaviyo_source`` configured from ``opts`` with ``resources`` (default: all) selected."""
+    factory = _source_factory()
+    wanted = {
+        "api_key": opts.api_key,
+        "base_url": opts.base_url,
+        "auth": opts.auth,
+        "maton_connection": opts.maton_connection,
+        "revision": opts.revision,
+        "start_date": opts.start_date,
+        "end_date": opts.end_date,
+        **opts.source_options,
+    }
+    if resources:
+        wanted["resources"] = list(resources)
+    if hooks is not None:
+        wanted["response_hooks"] = hooks
+    accepted = _accepted_parameters(factory)
+    kwargs = {k: v for k, v in wanted.items() if v is not None and (accepted is None or k in accepted)}
+    source = factory(**kwargs)
+    if resources:
+        known = list(source.resources.keys())
+        unknown = [r for r in resources if r not in known]
+        if unknown:
+            raise UsageError(f"unknown resource '{unknown[0]}'; choose from: {', '.join(known)}")
+        source = source.with_resources(*resources)
+    return source
+
+
+def resource_names() -> list[str]:
+    """Every resource the source offers (no network, no credentials needed)."""
+    from klaviyo_source.streams import STREAMS
+
+    return [s.name for s in STREAMS]
+
+
+def _accepted_parameters(factory: Any) -> set[str] | None:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def make_pipeline(opts: SyncOptions, progress: Any = None) -> Any:
+    kwargs: dict[str, Any] = {}
+    if opts.pipelines_dir:
+        kwargs["pipelines_dir"] = opts.pipelines_dir
+    return dlt.pipeline(
+        pipeline_name=opts.pipeline_name,
+        destination=make_destination(opts.destination, opts.duckdb_path, opts.pipeline_name),
+        dataset_name=opts.dataset_name,
+        progress=progress,
+        **kwargs,
+    )
+
+
+def run_sync(opts: SyncOptions, progress: Any = None, raise_errors: bool = True) -> SyncResult:
+    """Run the sync; on failure raise a classified ``CliError`` (or return it in the result)."""
+    started = time.monotonic()
+    result = SyncResult(opts.pipeline_name, opts.dataset_name, describe_destination(opts))
+    try:
+        validate(opts)
+        hooks = [progress.response_hook] if hasattr(progress, "response_hook") else None
+        selected = list(opts.resources) if opts.resources else None
+        pipeline = make_pipeline(opts, progress)
+        runs: list[tuple[Any, str | None]] = []
+        if opts.full_refresh:
+            runs.append((build_source(opts, list(opts.full_refresh), hooks), "drop_resources"))
+            rest = [r for r in (selected or resource_names()) if r not in opts.full_refresh]
+            if rest:
+                runs.append((build_source(opts, rest, hooks), None))
+        else:
+            runs.append((build_source(opts, selected, hooks), None))
+        for source, refresh in runs:
+            info = pipeline.run(source, refresh=refresh) if refresh else pipeline.run(source)
+            result.load_ids.extend(info.loads_ids)
+            for table, count in _row_counts(pipeline).items():
+                result.rows[table] = result.rows.get(table, 0) + count
+    except Exception as exc:  # noqa: BLE001 - classified into an exit code below
+        error = classify(exc)
+        result.error, result.exit_code = str(error), error.exit_code
+        result.seconds = time.monotonic() - started
+        if raise_errors:
+            raise error from exc
+        return result
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _row_counts(pipeline: Any) -> dict[str, int]:
+    trace = pipeline.last_trace
+    info = trace.last_normalize_info if trace else None
+    counts = dict(info.row_counts) if info else {}
+    return {t: n for t, n in counts.items() if not t.startswith("_dlt")}
