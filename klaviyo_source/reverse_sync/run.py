@@ -78,8 +78,10 @@ def reverse_sync(
     list_id = config.list.id if config.list else None
     if not dry_run:
         if client is None:
+            api_key = api_key or _configured_api_key()
             if not api_key:
-                raise ReverseSyncError("no Klaviyo API key: pass api_key (or set KLAVIYO_API_KEY for the CLI)")
+                raise ReverseSyncError("no Klaviyo API key: pass api_key, or set SOURCES__KLAVIYO__API_KEY "
+                                       "or KLAVIYO_API_KEY")
             client = make_client(api_key, base_url, auth=auth, maton_connection=maton_connection,
                                  rate_limit_scale=rate_limit_scale)
         writer = KlaviyoWriter(client)
@@ -109,6 +111,19 @@ def reverse_sync(
     if not dry_run:
         _check_threshold(config, report, report.rejected)
     return report
+
+
+def _configured_api_key() -> str | None:
+    """The key from dlt's secrets (``sources.klaviyo.api_key``) or ``KLAVIYO_API_KEY``."""
+    import os
+
+    import dlt
+
+    try:
+        key = dlt.secrets.get("sources.klaviyo.api_key")
+    except Exception:  # noqa: BLE001 - no secrets provider configured
+        key = None
+    return key or os.environ.get("KLAVIYO_API_KEY")
 
 
 def _local_rejects(rejected: pa.Table) -> list[tuple[str | None, str, str | None]]:

@@ -94,5 +94,7 @@ class SyncState:
             f"select {', '.join(REJECT_COLUMNS)} from {REJECTS_TABLE} where {where} order by rejected_at").to_pylist()
 
     def _run(self, resource: Any) -> None:
-        info = self.warehouse.pipeline.run(resource, loader_file_format="parquet")
+        # parquet into DuckDB, csv (COPY) into PostgreSQL: both keep the Arrow path, never insert_values
+        file_format = "parquet" if self.warehouse.is_duckdb else "csv"
+        info = self.warehouse.pipeline.run(resource, loader_file_format=file_format)
         info.raise_on_failed_jobs()

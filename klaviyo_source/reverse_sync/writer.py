@@ -38,6 +38,7 @@ WRITE_ENDPOINTS = (
     ("GET", "/api/lists"),
     ("POST", "/api/lists"),
     ("GET", "/api/profiles"),
+    ("GET", "/api/lists/{id}/profiles"),
 )
 _POINTER_INDEX = re.compile(r"^/data/attributes/profiles/data/(\d+)")
 

@@ -1,0 +1,90 @@
+"""Fixtures of the reverse-sync tests: a sandbox whose incoming requests are counted, the warehouse
+(DuckDB file or the real PostgreSQL, from the shared ``destination`` fixture) and audience loading."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import dlt
+import pyarrow as pa
+import pytest
+
+from klaviyo_sandbox import Sandbox
+from klaviyo_source.reverse_sync import make_client
+
+
+class RequestCounter:
+    """WSGI middleware in front of the sandbox: counts the requests that really arrive, by method + path."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.seen: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict, start_response: Any):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/api/"):
+            with self._lock:
+                self.seen[(environ["REQUEST_METHOD"], path)] += 1
+        return self.app(environ, start_response)
+
+    def __getattr__(self, name: str) -> Any:  # route(), mount() ... reach the real app
+        return getattr(self.app, name)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seen.clear()
+
+    def total(self, method: str | None = None, prefix: str = "") -> int:
+        return sum(n for (m, p), n in self.seen.items() if (method is None or m == method) and p.startswith(prefix))
+
+    def writes(self) -> int:
+        return sum(n for (m, _), n in self.seen.items() if m != "GET")
+
+
+@pytest.fixture(autouse=True)
+def _postgres_password(monkeypatch):
+    # dlt wants a password in the credentials even for the trust-auth test server
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS__PASSWORD", "unused-trust-auth")
+
+
+@pytest.fixture
+def sandbox():
+    """A small sandbox (no rate limits) with a request counter in front; yields (sandbox, counter)."""
+    sb = Sandbox(seed=11, accounts=1, profiles=20, events=0, rate_limits=False)
+    counter = RequestCounter(sb.app)
+    sb.app = counter
+    with sb:
+        yield sb, counter
+
+
+@pytest.fixture
+def client(sandbox):
+    sb, _ = sandbox
+    return make_client(sb.api_key, sb.base_url, pacing=False, max_attempts=3, backoff_factor=0.05)
+
+
+@pytest.fixture
+def warehouse(destination, unique_name, tmp_path):
+    """Where the audience lives: (destination, dataset name, pipelines dir); PostgreSQL schemas are dropped after."""
+    dataset = f"rs_{unique_name}"
+    yield destination, dataset, str(tmp_path / "pipelines")
+    if destination.destination_type.endswith("postgres"):
+        pipeline = dlt.pipeline("rs_cleanup", destination=destination, dataset_name=dataset,
+                                pipelines_dir=str(tmp_path / "cleanup"))
+        with pipeline.sql_client() as sql:
+            if sql.has_dataset():
+                sql.drop_dataset()
+
+
+def load_table(warehouse, table_name: str, rows: list[dict[str, Any]] | pa.Table) -> None:
+    """Replace ``table_name`` in the warehouse dataset with ``rows`` (loaded by dlt, arrow path)."""
+    destination, dataset, pipelines_dir = warehouse
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+    pipeline = dlt.pipeline("rs_audience_loader", destination=destination, dataset_name=dataset,
+                            pipelines_dir=pipelines_dir + "_loader")
+    file_format = "parquet" if destination.destination_type.endswith("duckdb") else "csv"
+    pipeline.run(table, table_name=table_name, write_disposition="replace",
+                 loader_file_format=file_format).raise_on_failed_jobs()

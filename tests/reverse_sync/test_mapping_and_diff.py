@@ -1,0 +1,123 @@
+"""Config parsing, local validation and change detection (in-memory DuckDB over Arrow; no HTTP)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from klaviyo_source.reverse_sync import ConfigError, ReverseSyncConfig
+from klaviyo_source.reverse_sync.diff import STATE_COLUMNS, empty_state, plan
+from klaviyo_source.reverse_sync.flags import config_from_flags
+from klaviyo_source.reverse_sync.mapping import build_clear, build_profile
+
+CONFIG = {
+    "name": "t", "table": "aud",
+    "identifiers": {"email": "email", "phone_number": "phone", "external_id": "cid"},
+    "attributes": {"first_name": "fn", "location": {"city": "city", "latitude": "lat"}},
+    "properties": {"ltv": "ltv"}, "properties_json": "extra",
+    "list": {"name": "VIP", "mode": "mirror"},
+}
+
+
+def audience(**columns):
+    base = {"email": ["a@x.com"], "phone": [None], "cid": [None], "fn": ["A"], "city": ["Paris"], "lat": [48.85],
+            "ltv": [1.5], "extra": ['{"vip": true}']}
+    base.update(columns)
+    return pa.table(base)
+
+
+def state_from(work, in_list=True, list_name="VIP"):
+    rows = [{"sync_name": "t", "identity_key": r["__identity"], "profile_hash": r["__hash"],
+             "present_fields": r["__present"], "in_list": in_list, "list_name": list_name}
+            for r in work.upserts.to_pylist()]
+    return pa.table({k: pa.array([r.get(k) for r in rows], t) for k, t in STATE_COLUMNS.items()})
+
+
+def test_toml_config_and_flags(tmp_path):
+    path = tmp_path / "audience.toml"
+    path.write_text('name = "vip"\nquery = "select * from x"\n[identifiers]\nemail = "email"\n'
+                    '[attributes]\n"location.city" = "city"\n[list]\nname = "VIP"\nmode = "mirror"\n'
+                    '[consent.email]\ncolumn = "ok"\nconsented_at = "ok_at"\n')
+    config = ReverseSyncConfig.from_file(path)
+    assert config.attributes == {"location.city": "city"} and config.list.mode == "mirror"
+    assert config.consent[0].consented_at == "ok_at"
+    flagged = config_from_flags(config_path=path, attributes=["first_name=fn"], list_mode="add", list_id="L1")
+    assert flagged.list.id == "L1" and flagged.list.name is None and flagged.list.mode == "add"
+    assert flagged.attributes == {"location.city": "city", "first_name": "fn"}
+    from_flags = config_from_flags(table="aud", email="mail", list_name="Big Spenders", consent=["email=ok@at"])
+    assert from_flags.name == "big_spenders" and from_flags.consent[0].column == "ok"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"name": "x", "table": "t", "identifiers": {}}, "at least one identifier"),
+    ({"name": "x", "table": "t", "query": "q", "identifiers": {"email": "e"}}, "exactly one of `table` or `query`"),
+    ({"name": "x", "table": "t", "identifiers": {"mail": "e"}}, "unknown identifier 'mail'"),
+    ({"name": "x", "table": "t", "identifiers": {"email": "e"}, "attributes": {"nickname": "n"}}, "unknown attribute"),
+    ({"name": "x", "table": "t", "identifiers": {"email": "e"}, "list": {"name": "L", "mode": "sync"}}, "mode 'sync'"),
+    ({"name": "x", "table": "t", "identifiers": {"email": "e"}, "consent": {"sms": {"column": "c"}}},
+     "needs the `phone_number` identifier"),
+    ({"name": "x", "table": "t", "identifiers": {"email": "e"}, "batch_size": 20000}, "batch_size"),
+])
+def test_bad_config_is_one_clear_line(raw, message):
+    with pytest.raises(ConfigError, match=message) as failure:
+        ReverseSyncConfig.from_dict(raw)
+    assert "\n" not in str(failure.value)
+
+
+def test_local_validation_reasons():
+    config = ReverseSyncConfig.from_dict(CONFIG)
+    rows = audience(
+        email=["A@X.com", "bad", None, None, "c@x.com", "a@x.com", "d@x.com", "e@x.com"],
+        phone=[None, None, "+1 (415) 555-0100", None, "12", None, None, None],
+        cid=[None] * 8, fn=["A", "B", None, "D", "C", "dup", "E", "F"], city=[None] * 8,
+        lat=[1.0, 2.0, None, None, None, None, 95.0, None],
+        ltv=[1.5, 2.0, 3.0, 4.0, None, None, None, float("nan")],
+        extra=['{"a": 1}', None, "[1]", None, None, None, None, None],
+    )
+    work = plan(config, rows, empty_state())
+    reasons = {r["reason"].split(":")[0] for r in work.rejected.to_pylist()}
+    assert reasons == {"invalid email", "extra", "no identifier", "invalid phone_number (E.164 needed, like +14155550100)",
+                       "duplicate identity email", "invalid location.latitude", "ltv"}
+    assert work.upserts.column("__identity").to_pylist() == ["email:a@x.com"]  # lower-cased, trimmed
+    dup = next(r for r in work.rejected.to_pylist() if r["reason"].startswith("duplicate"))
+    assert '"fn":"dup"' in dup["row_json"]  # the source row is kept with the reason
+
+
+def test_phone_is_normalised_to_e164():
+    config = ReverseSyncConfig.from_dict({**CONFIG, "identifiers": {"phone_number": "phone"}})
+    work = plan(config, audience(email=["x"], phone=["+1 (415) 555-0100"]), empty_state())
+    assert work.upserts.column("phone_number").to_pylist() == ["+14155550100"]
+
+
+def test_unchanged_changed_cleared_departed():
+    config = ReverseSyncConfig.from_dict(CONFIG)
+    rows = audience(email=["a@x.com", "b@x.com", "c@x.com"], phone=[None] * 3, cid=[None] * 3,
+                    fn=["A", "B", "C"], city=["P", "Q", "R"], lat=[1.0, 2.0, 3.0], ltv=[1.0, 2.0, 3.0],
+                    extra=['{"k": 1}', '{"k": 2}', '{"k": 3}'])
+    first = plan(config, rows, empty_state())
+    assert first.upserts.num_rows == 3 and all(first.upserts.column("__is_new").to_pylist())
+    state = state_from(first)
+    assert plan(config, rows, state).upserts.num_rows == 0
+    assert plan(config, rows, state).unchanged == 3
+    changed = rows.set_column(3, "fn", pa.array(["A", None, "C2"])).set_column(7, "extra", pa.array(['{"k": 1}', '{"k": 2}', "{}"]))
+    work = plan(config, changed.slice(1, 2), state)
+    by_identity = {r["__identity"]: r for r in work.upserts.to_pylist()}
+    assert set(by_identity) == {"email:b@x.com", "email:c@x.com"}
+    assert by_identity["email:b@x.com"]["__cleared"] == ["first_name"]
+    assert by_identity["email:c@x.com"]["__cleared"] == ["json.k"]
+    assert work.departed.column("identity_key").to_pylist() == ["email:a@x.com"]
+    # another list: everyone has to be added again, nobody departs from the new list's point of view
+    other = plan(ReverseSyncConfig.from_dict({**CONFIG, "list": {"name": "Other", "mode": "mirror"}}), rows, state)
+    assert other.upserts.num_rows == 3 and not any(other.upserts.column("__changed").to_pylist())
+    assert other.departed.num_rows == 0
+
+
+def test_payload_builders():
+    row = {"email": "a@x.com", "phone_number": None, "first_name": "A", "location.city": "Paris",
+           "properties.ltv": 2.5, "external_id": None}
+    fields = ["email", "phone_number", "first_name", "location.city", "properties.ltv"]
+    assert build_profile(row, fields, {"vip": True}) == {"type": "profile", "attributes": {
+        "email": "a@x.com", "first_name": "A", "location": {"city": "Paris"}, "properties": {"vip": True, "ltv": 2.5}}}
+    assert build_clear(row, ["first_name", "location.city", "properties.ltv", "json.vip"]) == {"data": {
+        "type": "profile", "attributes": {"email": "a@x.com", "first_name": None, "location": {"city": None},
+                                          "properties": {"ltv": None, "vip": None}}}}
