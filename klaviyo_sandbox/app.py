@@ -170,7 +170,7 @@ class SandboxApp:
                 raise invalid(f"Invalid revision header {revision!r}; expected YYYY-MM-DD (for example 2026-07-15).",
                               parameter="revision")
             extra_headers = self.rate_limiter.hit(account, op, request.args)
-            fault = self.faults.decide(op.operation_id, op.path, path)
+            fault = self.faults.decide(op.operation_id, op.path, path, op.method)
             if fault is not None:
                 if fault.kind == "slow":
                     time.sleep(fault.delay)

@@ -9,8 +9,11 @@ Config (a dict, JSON text, or a path to a JSON file)::
         {"match": "*",            "kind": "slow", "delay": 0.25, "rate": 0.5}
     ]}
 
+Short form, one rule per endpoint: ``{"GET /api/profiles": {"status": 503, "rate": 0.5},
+"get_events": {"kind": "drop"}}`` (kind defaults to ``error``, or ``throttle`` for status 429).
+
 ``match``: an operationId, a spec path template (``/api/events/{id}``), a concrete
-path, or ``*``.  ``kind``: ``error`` (5xx JSON:API error, ``status`` default 500),
+path, any of these prefixed by a method (``GET /api/profiles``), or ``*``.  ``kind``: ``error`` (5xx JSON:API error, ``status`` default 500),
 ``throttle`` (429 storm with ``Retry-After: retry_after``), ``drop`` (headers with the
 full Content-Length, part of the body, then the socket is closed: the client sees an
 incomplete read), ``slow`` (sleep ``delay`` seconds, then answer normally).
@@ -46,8 +49,13 @@ class FaultRule:
     fired: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
-    def matches(self, operation_id: str, spec_path: str, path: str) -> bool:
-        return self.match in ("*", operation_id, spec_path, path)
+    def matches(self, operation_id: str, spec_path: str, path: str, method: str = "GET") -> bool:
+        match = self.match
+        if " " in match:  # "GET /api/profiles"
+            wanted_method, _, match = match.partition(" ")
+            if wanted_method.upper() != method:
+                return False
+        return match in ("*", operation_id, spec_path, path)
 
 
 @dataclass
@@ -76,6 +84,22 @@ def load_fault_config(config: Any) -> dict[str, Any]:
         config = {"rules": config}
     if not isinstance(config, dict):
         raise ValueError("faults: expected an object {'seed': .., 'rules': [...]}")
+    if "rules" not in config:
+        # short form: {"<operationId | path | METHOD path | *>": {"status": 503, "rate": 0.5}, ...}
+        seed = config.get("seed")
+        rules = []
+        for match, raw in config.items():
+            if match == "seed":
+                continue
+            if not isinstance(raw, dict):
+                raise ValueError(f"faults: the rule for {match!r} must be an object like {{'status': 503}}")
+            rule = {"match": match, **raw}
+            if "kind" not in rule:
+                rule["kind"] = "throttle" if rule.get("status") == 429 else "error"
+            if rule["kind"] == "throttle":
+                rule.pop("status", None)
+            rules.append(rule)
+        config = {"rules": rules} if seed is None else {"seed": seed, "rules": rules}
     return config
 
 
@@ -113,11 +137,11 @@ class Faults:
                      "delay": r.delay, "times": r.times, "skip": r.skip, "seen": r.seen, "fired": r.fired}
                     for r in self.rules]
 
-    def decide(self, operation_id: str, spec_path: str, path: str) -> Fault | None:
+    def decide(self, operation_id: str, spec_path: str, path: str, method: str = "GET") -> Fault | None:
         """The fault for this request (first firing rule wins), or None."""
         with self._lock:
             for rule in self.rules:
-                if not rule.matches(operation_id, spec_path, path):
+                if not rule.matches(operation_id, spec_path, path, method.upper()):
                     continue
                 rule.seen += 1
                 if rule.seen <= rule.skip:
