@@ -1,4 +1,7 @@
-"""Klaviyo's per-account, per-operation fixed-window rate limits (burst per second, steady per minute).
+"""Klaviyo's per-account, per-operation fixed-window rate limits (burst per second, steady per minute, daily).
+
+A window opens with the first request counted in it and lasts 1 s / 60 s / 1 day (times
+``scale``); when it is full, requests get 429 with ``Retry-After`` = seconds until it closes.
 
 Limits come from each operation's description in the spec (``Operation.rate_limit``); a
 request using a parameter with its own bucket (e.g. ``additional-fields[profile]=
@@ -18,14 +21,14 @@ from .spec import Operation, RateLimit
 
 
 class RateLimiter:
-    """Counts requests per (account, operation, bucket) in 1 s and 60 s fixed windows."""
+    """Counts requests per (account, operation, bucket) in 1 s, 60 s (and daily) fixed windows."""
 
     def __init__(self, enabled: bool = True, scale: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self.enabled = enabled
         self.scale = scale
         self.clock = clock
         self._lock = threading.Lock()
-        self._counts: dict[tuple, int] = {}
+        self._windows: dict[tuple, tuple[float, int]] = {}  # (account, bucket, length) -> (start, used)
 
     def configure(self, enabled: bool | None = None, scale: float | None = None) -> None:
         """Switch limits on/off or change the window scale (also clears the counters)."""
@@ -36,7 +39,7 @@ class RateLimiter:
                 if scale <= 0:
                     raise ValueError("rate_limit_scale must be > 0")
                 self.scale = scale
-            self._counts.clear()
+            self._windows.clear()
 
     @staticmethod
     def bucket(op: Operation, args) -> tuple[str, RateLimit | None]:
@@ -56,25 +59,24 @@ class RateLimiter:
         if not self.enabled:
             return {"RateLimit-Limit": header_limit, "RateLimit-Remaining": str(limit.burst_per_second), "RateLimit-Reset": "0"}
         now = self.clock()
-        windows = ((1.0 * self.scale, limit.burst_per_second), (60.0 * self.scale, limit.steady_per_minute))
+        windows = [(1.0 * self.scale, limit.burst_per_second), (60.0 * self.scale, limit.steady_per_minute)]
+        if limit.daily:
+            windows.append((86400.0 * self.scale, limit.daily))
         with self._lock:
-            keys = []
+            states = []
             for length, allowed in windows:
-                start = math.floor(now / length)
-                key = (account, name, length, start)
-                used = self._counts.get(key, 0)
+                key = (account, name, length)
+                start, used = self._windows.get(key, (now, 0))
+                if now >= start + length:  # the window has passed: the next one starts with this request
+                    start, used = now, 0
                 if used >= allowed:
-                    retry = max(1, math.ceil((start + 1) * length - now))
-                    raise throttled(retry)
-                keys.append((key, allowed, (start + 1) * length - now))
+                    raise throttled(max(1, math.ceil(start + length - now)))
+                states.append((key, start, used, allowed, start + length - now))
             remaining, reset = None, 0.0
-            for key, allowed, left in keys:
-                self._counts[key] = self._counts.get(key, 0) + 1
-                rest = allowed - self._counts[key]
+            for key, start, used, allowed, left in states:
+                self._windows[key] = (start, used + 1)
+                rest = allowed - used - 1
                 if remaining is None or rest < remaining:
                     remaining, reset = rest, left
-            if len(self._counts) > 50_000:  # forget old windows
-                current = {k: v for k, v in self._counts.items() if (k[3] + 2) * k[2] > now}
-                self._counts = current
         return {"RateLimit-Limit": header_limit, "RateLimit-Remaining": str(max(0, remaining or 0)),
                 "RateLimit-Reset": str(math.ceil(reset))}
