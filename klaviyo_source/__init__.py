@@ -18,8 +18,11 @@ from klaviyo_source import settings
 from klaviyo_source.client import KlaviyoClient, buckets_for
 from klaviyo_source.errors import KlaviyoConfigError, KlaviyoSourceError, describe
 from klaviyo_source.filters import parse_datetime, parse_duration, utc_now
+from klaviyo_source.deletions import check_mode
+from klaviyo_source.memberships import MembershipOptions
+from klaviyo_source.reports import ReportOptions
 from klaviyo_source.resources import ReadOptions, make_resource
-from klaviyo_source.streams import STREAMS, Stream, streams_by_name
+from klaviyo_source.streams import ALL_STREAMS, STREAMS, Stream, streams_by_name
 
 __all__ = ["klaviyo_source", "KlaviyoSourceError", "describe", "STREAMS", "Stream"]
 
@@ -71,6 +74,14 @@ def klaviyo_source(
     max_attempts: int = settings.MAX_ATTEMPTS,
     backoff_factor: float = settings.BACKOFF_FACTOR,
     request_timeout: float = settings.REQUEST_TIMEOUT_SECONDS,
+    deletions: str = "soft",
+    members_full_pass_every: Union[str, float, timedelta] = "1d",
+    members_small_group_size: int = 1000,
+    report_timezone: str = "UTC",
+    report_reread_days: int = 7,
+    campaign_report_reread_days: int = 30,
+    report_initial_days: int = 60,
+    conversion_metric: str = "Placed Order",
 ) -> list[DltResource]:
     """Klaviyo resources (profiles, events, metrics, campaigns, catalogs ...) as pyarrow-backed dlt resources.
 
@@ -90,6 +101,14 @@ def klaviyo_source(
         predictive_analytics: add ``additional-fields[profile]=predictive_analytics`` (slower rate tier).
         pacing: pace requests under each endpoint's rate limits; ``rate_limit_scale`` scales the windows
             (for sandboxes running with scaled limits).
+        deletions: records vanished from the API (lists, segments, campaigns, flows, templates, tags,
+            coupons, catalog items): ``soft`` marks ``deleted_at`` (default), ``hard`` deletes the row,
+            ``off`` skips the sweep.
+        members_full_pass_every / members_small_group_size: how often ``list_members`` /
+            ``segment_members`` re-read a group's member ids to find removals (groups with at most
+            ``members_small_group_size`` stored members: every run).
+        report_timezone, report_reread_days, campaign_report_reread_days, report_initial_days,
+            conversion_metric: ``metric_aggregates`` / ``*_reports`` options (see docs/tables.md).
     """
     if auth not in settings.AUTH_SCHEMES:
         raise KlaviyoConfigError(f"auth={auth!r} is unknown; use one of {', '.join(settings.AUTH_SCHEMES)}")
@@ -108,7 +127,7 @@ def klaviyo_source(
     lookback = parse_duration(event_lookback, "event_lookback")
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    selected = _select(resources, STREAMS)
+    selected = _select(resources, ALL_STREAMS)
 
     client = KlaviyoClient(
         api_key=key,
@@ -116,7 +135,7 @@ def klaviyo_source(
         auth=auth,
         revision=revision,
         maton_connection=maton_connection,
-        buckets=buckets_for(STREAMS),
+        buckets=buckets_for(ALL_STREAMS),
         pacing=pacing,
         rate_limit_scale=rate_limit_scale,
         max_attempts=max_attempts,
@@ -131,5 +150,16 @@ def klaviyo_source(
         flatten_properties=flatten_properties,
         enabled_fields=("predictive_analytics",) if predictive_analytics else (),
         event_workers=event_workers,
+        deletions=check_mode(deletions),
+        membership=MembershipOptions(parse_duration(members_full_pass_every, "members_full_pass_every"),
+                                     int(members_small_group_size)),
+        reports=ReportOptions(timezone=report_timezone, reread_days=int(report_reread_days),
+                              campaign_reread_days=int(campaign_report_reread_days),
+                              initial_days=int(report_initial_days), conversion_metric=conversion_metric),
     )
-    return [make_resource(stream, client, options) for stream in selected]
+    options.reports.zone()  # one-line error for an unknown timezone, before any request
+    built = [make_resource(stream, client, options) for stream in selected]
+    if not resources:  # rows that are costly or niche load only when named (docs/tables.md)
+        for resource, stream in zip(built, selected):
+            resource.selected = stream.default_selected
+    return built

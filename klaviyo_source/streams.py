@@ -59,6 +59,11 @@ class Stream:
     resource_type: str = ""  # JSON:API type, for additional-fields[<type>]
     description: str = ""
     params: tuple[tuple[str, str], ...] = field(default=())  # extra static query parameters
+    # -- H6 (issue #4): deletions, child endpoints, custom readers, default selection --
+    deletion_sweep: bool = False  # mark records that vanish from the API `deleted_at` (deletions.py)
+    parent: str = ""  # per-parent child endpoint ("{id}" in path): the parent stream's name (children.py)
+    factory: str = ""  # custom reader for rows the generic factory cannot read (factories.py)
+    default_selected: bool = True  # loaded when no resources are named (else only on request)
 
     @property
     def incremental(self) -> bool:
@@ -132,6 +137,7 @@ STREAMS: tuple[Stream, ...] = (
         sort="updated_at",
         partitions=CAMPAIGN_PARTITIONS,
         resource_type="campaign",
+        deletion_sweep=True,  # H6: deleted ones get `deleted_at`
         description="Email, SMS and mobile push campaigns (archived or not); merged on id, incremental on `updated_at`.",
     ),
     Stream(
@@ -140,6 +146,7 @@ STREAMS: tuple[Stream, ...] = (
         rate_tier=RateTier(350, 3500),
         page_size=100,
         resource_type="catalog-item",
+        deletion_sweep=True,  # H6: deleted ones get `deleted_at`
         description="Catalog items; no server-side date filter, so read fully and merged on id.",
     ),
     Stream(
@@ -160,6 +167,204 @@ STREAMS: tuple[Stream, ...] = (
     ),
 )
 
+
+# ---------------------------------------------------------------------------------------------
+# H6 (issue #4): the rest of the Klaviyo API.  Rows below are read by the generic factory,
+# by children.py (``parent=``: one read per parent record) or by a custom reader (``factory=``:
+# memberships.py, reports.py).  Costs per run are in docs/tables.md.
+# ---------------------------------------------------------------------------------------------
+_FLOW_DATE_OPERATORS = ("equals", "greater-or-equal", "greater-than", "less-or-equal", "less-than")
+
+MORE_STREAMS: tuple[Stream, ...] = (
+    Stream(
+        name="lists",
+        path="/api/lists",
+        rate_tier=RateTier(75, 750),
+        cursor_field="updated",
+        cursor_operators=("greater-than",),
+        page_size=10,
+        sort="updated",
+        resource_type="list",
+        deletion_sweep=True,
+        description="Lists; incremental on `updated` (greater-than only, 10 per page), deleted ones get `deleted_at`.",
+    ),
+    Stream(
+        name="segments",
+        path="/api/segments",
+        rate_tier=RateTier(75, 750),
+        cursor_field="updated",
+        cursor_operators=("greater-than",),
+        page_size=10,
+        sort="updated",
+        resource_type="segment",
+        deletion_sweep=True,
+        description="Segments (definition as JSON); incremental on `updated`, deleted ones get `deleted_at`.",
+    ),
+    Stream(
+        name="flows",
+        path="/api/flows",
+        rate_tier=RateTier(3, 60),
+        cursor_field="updated",
+        cursor_operators=_FLOW_DATE_OPERATORS,
+        page_size=50,
+        sort="updated",
+        resource_type="flow",
+        deletion_sweep=True,
+        description="Flows; incremental on `updated`, deleted ones get `deleted_at` (slow tier: 3/s 60/m).",
+    ),
+    Stream(
+        name="flow_actions",
+        path="/api/flows/{id}/flow-actions",
+        rate_tier=RateTier(3, 60),
+        page_size=50,
+        resource_type="flow-action",
+        parent="flows",
+        description="Flow actions (definition flattened), one request per flow; `flow_id` links the flow.",
+    ),
+    Stream(
+        name="flow_messages",
+        path="/api/flow-actions/{id}/flow-messages",
+        rate_tier=RateTier(3, 60),
+        page_size=50,
+        resource_type="flow-message",
+        parent="flow_actions",
+        description="Flow messages, one request per flow action; `flow_action_id` links the action.",
+    ),
+    Stream(
+        name="campaign_messages",
+        path="/api/campaigns/{id}/campaign-messages",
+        rate_tier=RateTier(10, 150),
+        resource_type="campaign-message",
+        parent="campaigns",
+        description="Campaign messages (content, send times), one request per campaign; `campaign_id` links it.",
+    ),
+    Stream(
+        name="templates",
+        path="/api/templates",
+        rate_tier=RateTier(75, 750),
+        cursor_field="updated",
+        cursor_operators=_FLOW_DATE_OPERATORS,
+        page_size=10,
+        sort="updated",
+        resource_type="template",
+        deletion_sweep=True,
+        description="Email templates with their HTML; incremental on `updated`, deleted ones get `deleted_at`.",
+    ),
+    Stream(
+        name="tags",
+        path="/api/tags",
+        rate_tier=RateTier(3, 60),
+        page_size=50,
+        resource_type="tag",
+        relationships=("tag-group",),
+        deletion_sweep=True,
+        description="Tags; read fully every run, deleted ones get `deleted_at`.",
+    ),
+    Stream(
+        name="coupons",
+        path="/api/coupons",
+        rate_tier=RateTier(75, 750),
+        page_size=100,
+        resource_type="coupon",
+        deletion_sweep=True,
+        description="Coupons; read fully every run, deleted ones get `deleted_at`.",
+    ),
+    Stream(
+        name="coupon_codes",
+        path="/api/coupons/{id}/coupon-codes",
+        rate_tier=RateTier(75, 750),
+        page_size=100,
+        resource_type="coupon-code",
+        relationships=("profile",),
+        parent="coupons",
+        description="Coupon codes (the API requires a coupon filter): one read per coupon; `coupon_id` links it.",
+    ),
+    Stream(
+        name="webhooks",
+        path="/api/webhooks",
+        rate_tier=RateTier(1, 15),
+        resource_type="webhook",
+        description="Webhooks; read fully (slow tier: 1/s 15/m).",
+    ),
+    Stream(
+        name="accounts",
+        path="/api/accounts",
+        rate_tier=RateTier(1, 15),
+        resource_type="account",
+        description="The account(s) the key belongs to: organization, timezone, currency (slow tier: 1/s 15/m).",
+    ),
+    Stream(
+        name="list_members",
+        path="/api/lists/{id}/profiles",
+        rate_tier=RateTier(75, 750),
+        page_size=100,
+        resource_type="profile",
+        factory="members",
+        default_selected=False,
+        description="(list_id, profile_id, joined_group_at, removed_at); joins incremental, removals by a full pass.",
+    ),
+    Stream(
+        name="segment_members",
+        path="/api/segments/{id}/profiles",
+        rate_tier=RateTier(75, 750),
+        page_size=100,
+        resource_type="profile",
+        factory="members",
+        default_selected=False,
+        description="(segment_id, profile_id, joined_group_at, removed_at); as list_members.",
+    ),
+)
+
+# Rows that are not JSON:API list endpoints (POST reports, relationship links, id-only
+# resources): read by custom factories; checked against the spec in tests/source_more.
+CUSTOM_STREAMS: tuple[Stream, ...] = (
+    Stream(
+        name="tag_links",
+        path="/api/tags/{id}/relationships/{kind}",  # kind: campaigns, flows, lists, segments (one shared bucket)
+        rate_tier=RateTier(3, 60),
+        factory="tag_links",
+        primary_key="tag_id",
+        write_disposition="replace",
+        description="(tag_id, resource_type, resource_id): tags on campaigns, flows, lists and segments.",
+    ),
+    Stream(
+        name="webhook_topics",
+        path="/api/webhook-topics",
+        rate_tier=RateTier(1, 15),
+        resource_type="webhook-topic",
+        factory="ids",
+        write_disposition="replace",
+        description="Webhook topics (ids only; slow tier 1/s 15/m).",
+    ),
+    Stream(
+        name="metric_aggregates",
+        path="/api/metric-aggregates",
+        rate_tier=RateTier(3, 60),
+        factory="report",
+        primary_key="metric_id",
+        description="Daily count / sum_value / unique per metric (report timezone); re-reads a window for late events.",
+    ),
+    Stream(
+        name="campaign_values_reports",
+        path="/api/campaign-values-reports",
+        rate_tier=RateTier(1, 2),  # and 225/day
+        factory="report",
+        primary_key="campaign_id",
+        description="Statistics per campaign message to date (Reporting API, by send date); re-reads recent sends.",
+    ),
+    Stream(
+        name="flow_series_reports",
+        path="/api/flow-series-reports",
+        rate_tier=RateTier(1, 2),  # and 225/day
+        factory="report",
+        primary_key="flow_id",
+        description="Daily statistics per flow message (Reporting API); re-reads the last days every run.",
+    ),
+)
+# --------------------------------------------------------------------------------- end H6 ----
+
+ALL_STREAMS: tuple[Stream, ...] = STREAMS + MORE_STREAMS + CUSTOM_STREAMS
+STREAMS = STREAMS + MORE_STREAMS
 
 def streams_by_name(streams: tuple[Stream, ...] = STREAMS) -> dict[str, Stream]:
     return {s.name: s for s in streams}

@@ -1,0 +1,130 @@
+"""Child endpoints read once per parent record: ``/api/campaigns/{id}/campaign-messages`` and friends.
+
+A ``Stream`` row with ``parent="<stream name>"`` and a ``{id}`` path is read by listing the
+parent's ids (sparse fieldset, every partition; recursively for grandchildren such as
+flow messages under flow actions under flows) and reading the child endpoint for each.
+Rows get the parent id column (``<parent type>_id``).  Parents deleted between the listing
+and the read (404) are skipped.  Children are read fully every run and merged on id.
+
+``tag_links`` reads ``/api/tags/{id}/relationships/{campaigns,flows,lists,segments}``: one
+row per (tag, resource type, resource id), replaced every run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import dlt
+import pyarrow as pa
+from dlt.extract.resource import DltResource
+
+from klaviyo_source.arrow import PageConverter
+from klaviyo_source.columns import stream_columns
+from klaviyo_source.deletions import live_ids
+from klaviyo_source.errors import KlaviyoAPIError
+from klaviyo_source.memberships import _not_found
+
+log = logging.getLogger(__name__)
+
+TAGGED = ("campaigns", "flows", "lists", "segments")
+
+
+def _streams() -> dict[str, Any]:
+    from klaviyo_source.streams import streams_by_name
+
+    return streams_by_name()
+
+
+def parent_ids(client: Any, stream: Any) -> Iterator[str]:
+    """Ids of every record of ``stream`` (a top-level stream, or a child stream via its parents)."""
+    if not stream.parent:
+        yield from sorted(live_ids(client, stream))
+        return
+    parent = _streams()[stream.parent]
+    for pid in parent_ids(client, parent):
+        try:
+            for document in client.pages(stream.path.format(id=pid), _params(stream, ids_only=True)):
+                for record in document.get("data") or []:
+                    yield record["id"]
+        except KlaviyoAPIError as exc:
+            if not _not_found(exc):
+                raise
+
+
+def _params(stream: Any, ids_only: bool = False) -> dict[str, Any]:
+    params: dict[str, Any] = dict(stream.params)
+    if stream.page_size:
+        params["page[size]"] = stream.page_size
+    if ids_only and stream.cursor_field and stream.resource_type:
+        params[f"fields[{stream.resource_type}]"] = stream.cursor_field
+    return params
+
+
+def parent_column(stream: Any) -> str:
+    parent = _streams()[stream.parent]
+    return f"{parent.resource_type.replace('-', '_')}_id"
+
+
+def read_children(client: Any, stream: Any, converter: PageConverter) -> Iterator[pa.Table]:
+    parent = _streams()[stream.parent]
+    column = parent_column(stream)
+    for pid in parent_ids(client, parent):
+        try:
+            for document in client.pages(stream.path.format(id=pid), _params(stream)):
+                table = converter.convert(document.get("data") or [])
+                if table.num_rows:
+                    if column in table.column_names:
+                        table = table.drop_columns([column])
+                    yield table.append_column(column, pa.array([pid] * table.num_rows, pa.string()))
+        except KlaviyoAPIError as exc:
+            if not _not_found(exc):
+                raise
+            log.warning("%s: parent %s %s vanished mid-run (404); skipped", stream.name, parent.name, pid)
+
+
+def make_child_resource(stream: Any, client: Any, options: Any = None) -> DltResource:
+    """The resource of a per-parent child endpoint (merge on id; full read every run)."""
+    columns = stream_columns(stream)
+    converter = PageConverter(columns)
+    hints = {c.name: c.dlt_hint() for c in columns}
+    hints[parent_column(stream)] = {"name": parent_column(stream), "data_type": "text", "nullable": True,
+                                    "description": f"id of the parent {stream.parent} record"}
+
+    def children() -> Iterator[pa.Table]:
+        yield from read_children(client, stream, converter)
+
+    return dlt.resource(children, name=stream.name, table_name=stream.name, primary_key=stream.primary_key,
+                        write_disposition=stream.write_disposition, columns=hints)
+
+
+def read_tag_links(client: Any, stream: Any) -> Iterator[pa.Table]:
+    tags = _streams()["tags"]
+    for tag_id in parent_ids(client, tags):
+        for kind in TAGGED:
+            try:
+                document = client.get(f"/api/tags/{tag_id}/relationships/{kind}")
+            except KlaviyoAPIError as exc:
+                if _not_found(exc):
+                    break  # tag deleted mid-run
+                raise
+            ids = [r["id"] for r in document.get("data") or []]
+            if ids:
+                yield pa.table({
+                    "tag_id": pa.array([tag_id] * len(ids), pa.string()),
+                    "resource_type": pa.array([kind[:-1]] * len(ids), pa.string()),
+                    "resource_id": pa.array(ids, pa.string()),
+                })
+
+
+def make_tag_links_resource(stream: Any, client: Any, options: Any = None) -> DltResource:
+    """``tag_links``: which campaigns, flows, lists and segments carry each tag (replaced every run)."""
+
+    def links() -> Iterator[pa.Table]:
+        yield from read_tag_links(client, stream)
+
+    return dlt.resource(links, name=stream.name, table_name=stream.name,
+                        primary_key=("tag_id", "resource_type", "resource_id"), write_disposition="replace",
+                        columns={"tag_id": {"data_type": "text"},
+                                 "resource_type": {"data_type": "text"},
+                                 "resource_id": {"data_type": "text"}})
