@@ -34,7 +34,7 @@ class Column:
     description: str = ""
 
     def dlt_hint(self) -> dict[str, Any]:
-        hint: dict[str, Any] = {"name": self.name, "data_type": DLT_TYPES[self.kind], "nullable": self.name != "id"}
+        hint: dict[str, Any] = {"name": self.name, "data_type": DLT_TYPES[self.kind], "nullable": True}
         if self.kind == "timestamp":
             hint["timezone"] = True
         if self.description:

@@ -15,7 +15,7 @@ import pyarrow as pa
 from dlt.extract.incremental import Incremental
 from dlt.extract.resource import DltResource
 
-from klaviyo_source import settings
+from klaviyo_source import logfilter, settings
 from klaviyo_source.arrow import PageConverter
 from klaviyo_source.client import KlaviyoClient
 from klaviyo_source.columns import Column, stream_columns
@@ -235,6 +235,7 @@ def resolve_metric_ids(client: KlaviyoClient, wanted: Sequence[str]) -> list[str
 
 def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -> DltResource:
     """The dlt resource for one stream row (arrow tables, merge/replace per the row)."""
+    logfilter.install()
     if stream.factory or stream.parent:  # H6: rows read by a custom factory
         from klaviyo_source.factories import custom_resource
 

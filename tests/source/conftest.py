@@ -14,6 +14,9 @@ from klaviyo_source.pacing import PACERS
 
 SMALL = dict(seed=7, accounts=1, profiles=300, events=3000)
 
+# The test server uses trust auth; dlt insists on a password field being present.
+os.environ.setdefault("DESTINATION__POSTGRES__CREDENTIALS__PASSWORD", "unused-trust-auth")
+
 
 @pytest.fixture
 def sandbox():
