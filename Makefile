@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-test demo test bench sandbox clean
+.PHONY: install install-test install-airflow demo test bench sandbox clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,19 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# Airflow 3 lives in its own venv (importable Airflow slows every dlt config lookup); the DAG test
+# (tests/ops/test_airflow_dag.py) runs the DAGs with it.
+AIRFLOW_VENV := .venv-airflow
+$(AIRFLOW_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q -e ".[airflow]"
+	touch $@
+install-airflow: $(AIRFLOW_VENV)/.installed
+
 demo: install
 	$(BIN)/klaviyo-dlt demo
 
-test: install-test
+test: install-test install-airflow
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
@@ -33,4 +42,4 @@ sandbox: install
 	$(BIN)/klaviyo-dlt sandbox
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.duckdb bench/results
+	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache *.duckdb bench/results
