@@ -372,6 +372,9 @@ def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, condit
             params.extend([last, last, last_seq])
     direction = "DESC" if descending else "ASC"
     columns = [f"{source.seq_expr}", "t.id", "t.attrs"]
+    if source.joined:  # membership endpoints serve the member's joined_group_at as an attribute (H6)
+        columns[2] = ("json_merge_patch(t.attrs, json_object('joined_group_at', "
+                      "strftime(l.joined_at, '%Y-%m-%dT%H:%M:%S+00:00')))::VARCHAR")
     columns += [f"t.{rel_column(r)}" for r in kind.to_one]
     columns += [f"t.{extra_column(x)}" for x in options.additional]
     columns.append(sort_expr)
