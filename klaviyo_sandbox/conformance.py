@@ -22,8 +22,9 @@ import logging
 import os
 import re
 import threading
+from dataclasses import dataclass
 from datetime import date, datetime, time
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator, FormatChecker
@@ -237,10 +238,12 @@ class ResponseValidator:
         self._validators[cache_key] = (validator, name)
         return validator, name
 
-    def validate(self, method: str, url_path: str, status: int, body: Any) -> None:
+    def validate(self, method: str, url_path: str, status: int, body: Any,
+                 tolerate: Callable[[str, str, str], bool] | None = None) -> None:
         """Raise :class:`ConformanceError` when ``body`` drifts from the spec response schema.
 
         ``body`` may be parsed JSON, or raw ``bytes``/``str`` (empty means "no body").
+        ``tolerate(operation_id, json_path, message)`` may excuse individual schema errors.
         Raises :class:`UnknownOperation` for paths the spec does not define.
         """
         operation, _ = self.operation_for(method, url_path)
@@ -262,13 +265,14 @@ class ResponseValidator:
         if body is None:
             raise ConformanceError(f"{where}: expected a JSON body matching {name}, got none")
         errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.path), e.json_path))
-        if errors:
-            best = best_match(errors)
-            shown = [best] + [e for e in errors if e is not best][:2]
-            details = "; ".join(f"at {e.json_path}: {_trim(e.message)}" for e in shown)
-            more = f" (+{len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
+        explained = [(e.json_path, _trim(e.message)) for e in map(_explain, errors)]
+        if tolerate is not None:
+            explained = [(path, message) for path, message in explained
+                         if not tolerate(operation.operation_id, path, message)]
+        if explained:
+            details = "; ".join(f"at {path}: {message}" for path, message in explained[:3])
+            more = f" (+{len(explained) - 3} more)" if len(explained) > 3 else ""
             raise ConformanceError(f"{where}: body drifted from spec schema {name} {details}{more}")
-
 
     def request_problems(self, operation: Operation, body: Any) -> list[tuple[str, str]]:
         """(JSON pointer, message) for each way a request body breaks the operation's request schema."""
@@ -291,6 +295,42 @@ class ResponseValidator:
         best = best_match(errors)
         ordered = [best] + [e for e in errors if e is not best]
         return [("/" + "/".join(str(part) for part in e.absolute_path), _trim(e.message)) for e in ordered]
+
+
+    def resource_shape(self, operation: Operation, status: int) -> tuple[frozenset[str], frozenset[str]] | None:
+        """(attribute names, relationship names) the spec allows on the primary resource(s) of a response."""
+        raw = self.spec.document["paths"][operation.path][operation.method.lower()]["responses"].get(str(status))
+        schema = _media_schema(raw) if raw else None
+        if schema is None:
+            return None
+        translator = _Translator(self.spec, strict=True)
+        data = translator.resolve(schema).get("properties", {}).get("data")
+        if data is None:
+            return None
+        data = translator.resolve(data)
+        if data.get("type") == "array":
+            data = translator.resolve(data.get("items", {}))
+        props = data.get("properties", {})
+        attrs = translator.resolve(props.get("attributes", {})).get("properties", {})
+        rels = translator.resolve(props.get("relationships", {})).get("properties", {})
+        return frozenset(attrs), frozenset(rels)
+
+
+def _explain(error: Any) -> Any:
+    """The most telling sub-error of an ``anyOf`` failure: the branch whose JSON:API ``type`` matched."""
+    while error.context:
+        branches: dict[Any, list[Any]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0] if sub.relative_schema_path else None, []).append(sub)
+        fitting = [subs for subs in branches.values()
+                   if not any(len(sub.relative_path) == 1 and sub.relative_path[0] == "type" for sub in subs)]
+        if len(fitting) > 1:  # drop branches that fail only on the value's kind (e.g. the null of a nullable $ref)
+            fitting = [subs for subs in fitting
+                       if not all(sub.validator == "type" and not sub.relative_path for sub in subs)] or fitting
+        if len(fitting) != 1:
+            return best_match([error]) if len(branches) > 1 and not fitting else error
+        error = max(fitting[0], key=lambda sub: len(sub.path))
+    return error
 
 
 def _trim(message: str, limit: int = 300) -> str:
@@ -330,16 +370,48 @@ def validation_enabled(explicit: bool | None = None) -> bool:
     return os.environ.get(ENV_SWITCH, "").strip().lower() in ("1", "true", "yes", "strict")
 
 
+@dataclass(frozen=True)
+class KnownDrift:
+    """A drift of the sandbox that is known, owned and scheduled for a fix; excused by the middleware only."""
+
+    operations: str  # regex on operationId
+    path: str  # regex on the JSON path of the error
+    message: str  # regex on the error message
+    reason: str
+
+    def covers(self, operation_id: str, json_path: str, message: str) -> bool:
+        return bool(re.fullmatch(self.operations, operation_id) and re.search(self.path, json_path)
+                    and re.search(self.message, message))
+
+
+# Keep this list short and owned: every entry is a bug to fix, excused only so CI stays green meanwhile.
+KNOWN_DRIFT: list[KnownDrift] = []
+
+
+def tolerated(operation_id: str, json_path: str, message: str) -> bool:
+    """Whether a schema error is a listed :data:`KNOWN_DRIFT` (counted in ``DRIFT.tolerated``)."""
+    for known in KNOWN_DRIFT:
+        if known.covers(operation_id, json_path, message):
+            DRIFT.tolerate(f"{operation_id} {known.reason}")
+            return True
+    return False
+
+
 class DriftCollector:
     """Thread-safe record of conformance violations; the pytest plugin drains it after every test."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: list[str] = []
+        self.tolerated: dict[str, int] = {}
 
     def record(self, message: str) -> None:
         with self._lock:
             self._items.append(message)
+
+    def tolerate(self, reason: str) -> None:
+        with self._lock:
+            self.tolerated[reason] = self.tolerated.get(reason, 0) + 1
 
     def drain(self) -> list[str]:
         """All violations recorded since the last drain (and forget them)."""
@@ -352,11 +424,12 @@ DRIFT = DriftCollector()
 
 
 class ConformanceMiddleware:
-    """WSGI middleware validating every JSON response under ``/api/`` against the spec.
+    """WSGI middleware validating every response under ``/api/`` against the spec.
 
-    Drift never changes the response (the client sees exactly what the sandbox produced); it is
-    logged, added to ``collector`` (default: the process-wide :data:`DRIFT` that the pytest plugin
-    checks) and flagged with an ``X-Sandbox-Conformance: drift`` header.
+    The response streams through untouched (faults such as dropped connections keep their exact
+    behaviour); once it has been sent, its body is validated.  Drift is logged and added to
+    ``collector`` (default: the process-wide :data:`DRIFT` that the pytest plugin checks).
+    Deliberately truncated bodies (``drop`` faults) are not judged.
     """
 
     def __init__(self, app: Any, validator: ResponseValidator | None = None, collector: DriftCollector | None = None):
@@ -366,30 +439,30 @@ class ConformanceMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
-        if not path.startswith("/api/"):
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        if not path.startswith("/api/") or method == "HEAD":
             return self.app(environ, start_response)
-        captured: dict[str, Any] = {}
+        seen: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            captured["status"], captured["headers"], captured["exc_info"] = status, headers, exc_info
-            return lambda data: captured.setdefault("written", []).append(data)
+            seen["status"], seen["headers"] = status, headers
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
         result = self.app(environ, capture)
-        try:
-            body = b"".join([*captured.get("written", []), *result])
-        finally:
-            if hasattr(result, "close"):
-                result.close()
-        headers = list(captured["headers"])
-        status_code = int(captured["status"].split(" ", 1)[0])
-        if self._check(environ["REQUEST_METHOD"], path, status_code, body):
-            headers.append(("X-Sandbox-Conformance", "drift"))
-        start_response(captured["status"], headers, captured["exc_info"])
-        return [body]
+        return _Tee(result, lambda body: self._finished(method, path, seen, body))
 
-    def _check(self, method: str, path: str, status: int, body: bytes) -> str | None:
+    def _finished(self, method: str, path: str, seen: dict[str, Any], body: bytes) -> None:
+        if "status" not in seen:
+            return
+        length = next((v for k, v in seen["headers"] if k.lower() == "content-length"), None)
+        if length is not None and length.isdigit() and int(length) != len(body):
+            return  # a deliberately dropped response
+        self.check(method, path, int(seen["status"].split(" ", 1)[0]), body)
+
+    def check(self, method: str, path: str, status: int, body: bytes) -> str | None:
+        """Validate one response; returns (and records) the drift message, if any."""
         try:
-            self.validator.validate(method, path, status, body)
+            self.validator.validate(method, path, status, body, tolerate=tolerated)
         except UnknownOperation:
             return None  # e.g. a 404 for a path the API does not have
         except ConformanceError as exc:
@@ -398,3 +471,36 @@ class ConformanceMiddleware:
             self.collector.record(message)
             return message
         return None
+
+
+class _Tee:
+    """Iterates a WSGI response while keeping a copy; calls ``done(body)`` after a complete iteration."""
+
+    def __init__(self, result: Any, done: Callable[[bytes], None]):
+        self._result = result
+        self._done = done
+        self._chunks: list[bytes] = []
+        self._complete = False
+
+    def __iter__(self):
+        for chunk in self._result:
+            self._chunks.append(chunk)
+            yield chunk
+        self._complete = True
+
+    def close(self) -> None:
+        try:
+            if hasattr(self._result, "close"):
+                self._result.close()
+        finally:
+            if self._complete:
+                self._done(b"".join(self._chunks))
+
+
+def attach(sandbox: Any) -> None:
+    """Validate every API response of ``sandbox`` when ``Sandbox(validate_responses=True)`` or ``KLAVIYO_SANDBOX_VALIDATE=1``.
+
+    Wraps ``sandbox.app.api`` (the pipeline shared by direct and Maton-gateway requests).
+    """
+    if validation_enabled(getattr(sandbox, "validate_responses", None)):
+        sandbox.app.api = ConformanceMiddleware(sandbox.app.api)

@@ -5,9 +5,10 @@ connections at ``https://ctrl.maton.ai/connections``; the sandbox serves both on
 
 * ``/klaviyo/api/...`` — authorised by ``Authorization: Bearer <MATON_API_KEY>``; the
   ``Maton-Connection`` header picks one connected Klaviyo account (default: the oldest ACTIVE
-  klaviyo connection).  The request is forwarded to the sandbox's own ``/api/...`` with the
-  account's OAuth token injected, so Klaviyo's answers (errors, 429s, ``links``) pass through
-  unchanged.  As with real Maton, ``links.next`` point at the native API, not the gateway.
+  klaviyo connection).  The request runs through the sandbox's own ``/api/...`` pipeline for the
+  connection's account (as Maton injects that account's OAuth token), so Klaviyo's answers
+  (errors, 429s, rate-limit headers, ``links``) pass through unchanged.  As with real Maton,
+  ``links.next`` point at the native API (``{base_url}/api/...``), not back through the gateway.
 * ``/connections`` (GET list with ``app``/``status`` filters, POST create) and
   ``/connections/{id}`` (GET, DELETE) — bodies ``{"connections": [...]}`` / ``{"connection": {...}}``.
   A created connection is PENDING with a ``url`` to open for OAuth; the control API
@@ -149,18 +150,16 @@ def _error(status: int, message: str) -> Response:
 
 
 class MatonGateway:
-    """WSGI middleware adding the Maton routes in front of the sandbox's Klaviyo app.
+    """WSGI app serving ``/klaviyo/...`` and ``/connections...`` (mounted on the sandbox app by :func:`attach`).
 
-    ``credentials_for(account_id)`` returns the ``Authorization`` header value the inner app accepts
-    for that account (the sandbox passes the account's OAuth bearer token).
+    ``api`` is the sandbox's API pipeline (``SandboxApp.api``); the gateway hands it requests for
+    an account it has already authorised via ``environ["klaviyo_sandbox.account"]``.
     """
 
-    def __init__(self, app: Callable, maton_api_key: str, registry: ConnectionRegistry,
-                 credentials_for: Callable[[str], str | None]):
-        self.app = app
+    def __init__(self, api: Callable, maton_api_key: str, registry: ConnectionRegistry):
+        self.api = api
         self.maton_api_key = maton_api_key
         self.registry = registry
-        self.credentials_for = credentials_for
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -168,7 +167,7 @@ class MatonGateway:
             return self._proxy(environ, start_response)
         if path == CONNECTIONS_PATH or path.startswith(CONNECTIONS_PATH + "/"):
             return self._connections(Request(environ))(environ, start_response)
-        return self.app(environ, start_response)
+        return _error(404, f"Unknown path {path}")(environ, start_response)
 
     def _authorised(self, header: str | None) -> bool:
         scheme, _, token = (header or "").partition(" ")
@@ -184,15 +183,13 @@ class MatonGateway:
             message = (f"Connection {wanted} is not an active klaviyo connection" if wanted
                        else "No active klaviyo connection; create one at /connections and authorise it")
             return _error(400, message)(environ, start_response)
-        credentials = self.credentials_for(conn.account_id or "")
-        if not credentials:
-            return _error(400, f"Connection {conn.connection_id} has no usable Klaviyo credentials")(environ, start_response)
         inner = dict(environ)
         inner["PATH_INFO"] = environ["PATH_INFO"][len(GATEWAY_PREFIX):]
-        inner["HTTP_AUTHORIZATION"] = credentials
+        inner.pop("HTTP_AUTHORIZATION", None)  # the Maton key never reaches the API layer
         inner.pop("HTTP_MATON_CONNECTION", None)
+        inner["klaviyo_sandbox.account"] = conn.account_id
         inner["klaviyo_sandbox.via_gateway"] = conn.connection_id
-        return self.app(inner, start_response)
+        return self.api(inner, start_response)
 
     def _connections(self, request: Request) -> Response:
         if not self._authorised(request.headers.get("Authorization")):
@@ -225,3 +222,16 @@ class MatonGateway:
 
 def _json(payload: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def attach(sandbox: Any) -> None:
+    """Serve the gateway on a sandbox: one ACTIVE connection per account, oldest first (account 0 = default)."""
+    registry = ConnectionRegistry()
+    base = sandbox.store.now() - timedelta(days=len(sandbox.accounts) + 30)
+    for index, account in enumerate(sandbox.accounts):
+        registry.add_active(account.id, account.maton_connection_id, created=base + timedelta(days=index))
+    gateway = MatonGateway(lambda environ, start_response: sandbox.app.api(environ, start_response),
+                           sandbox.maton_api_key, registry)
+    sandbox.app.mount(GATEWAY_PREFIX, gateway)
+    sandbox.app.mount(CONNECTIONS_PATH, gateway)
+    sandbox.maton = registry

@@ -143,7 +143,7 @@ def merged_attributes(current: dict[str, Any], incoming: dict[str, Any], *, null
     """The profile attributes after applying ``incoming`` to ``current`` (Klaviyo semantics, see module doc)."""
     result = {k: v for k, v in current.items()}
     for key, value in incoming.items():
-        if key in ("_kx",):
+        if key in ("_kx", "anonymous_id"):
             continue
         if key == "location":
             location = dict(result.get("location") or {})
@@ -176,8 +176,7 @@ def merged_attributes(current: dict[str, Any], incoming: dict[str, Any], *, null
 
 def new_profile_attributes(incoming: dict[str, Any]) -> dict[str, Any]:
     """A new profile's attributes: every served attribute present (null when not given)."""
-    base: dict[str, Any] = {name: None for name in ("email", "phone_number", "external_id", "anonymous_id",
-                                                   "first_name", "last_name", "organization", "locale", "title", "image")}
+    base: dict[str, Any] = {name: None for name in ("email", "phone_number", "external_id", "first_name", "last_name", "organization", "locale", "title", "image")}
     base["location"] = {name: None for name in LOCATION_FIELDS}
     base["properties"] = {}
     base["last_event_date"] = None

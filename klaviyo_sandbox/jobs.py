@@ -135,9 +135,10 @@ class ImportJobs:
                 profile_id, _ = upsert_profile(self.store, job.account, attrs, profile_id=entry.get("id") or None,
                                                nulls_clear=False, patch_properties=meta.get("patch_properties"))
             except WriteError as exc:
-                job.errors.append(ImportError_(str(uuid.uuid4()), exc.code, exc.title, exc.detail,
-                                               exc.pointer if exc.pointer and exc.pointer.startswith(pointer) else pointer,
-                                               entry))
+                where = exc.pointer or "/data"
+                if not where.startswith(pointer):  # a pointer into a single-profile document
+                    where = pointer + where[len("/data"):] if where.startswith("/data") else pointer
+                job.errors.append(ImportError_(str(uuid.uuid4()), exc.code, exc.title, exc.detail, where, entry))
                 continue
             if profile_id not in job.profile_ids:
                 job.profile_ids.append(profile_id)
