@@ -254,7 +254,9 @@ def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -
         primary_key=stream.primary_key,
         write_disposition=stream.write_disposition,
         columns=hints,
-        parallelized=True,
+        # H6: the deletion sweep reads the destination through dlt's sql_client, whose config
+        # injection is not safe from dlt's extraction worker threads
+        parallelized=not (stream.deletion_sweep and options.deletions != "off"),
     )
 
     if not stream.incremental:
