@@ -27,7 +27,7 @@ from klaviyo_source.cli_errors import (
 from klaviyo_source.cli_output import Output, error_line, setup_logging
 
 PROG = "klaviyo-dlt"
-DELEGATED = ("sandbox", "reverse-sync")
+DELEGATED = ("sandbox",)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,9 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("get", help="show one connection").add_argument("connection_id")
     csub.add_parser("delete", help="delete a connection").add_argument("connection_id")
 
+    rsync = sub.add_parser("reverse-sync", help="push a warehouse audience (table or SQL) into Klaviyo profiles/a list",
+                           epilog=EXIT_CODES_HELP)
+    _add_common(rsync, top=False)
+    _add_pipeline_args(rsync)
+    rsync.add_argument("--config", dest="config_path", help="reverse-sync config file (TOML/YAML); flags override it")
+    rsync.add_argument("--name", help="key of this sync in its state table (default: the list name)")
+    what = rsync.add_mutually_exclusive_group()
+    what.add_argument("--table", help="audience table in the dataset")
+    what.add_argument("--query", help="audience SQL over the dataset")
+    rsync.add_argument("--email", help="column holding the email identifier")
+    rsync.add_argument("--phone-number", help="column holding the phone number (E.164)")
+    rsync.add_argument("--external-id", help="column holding the external id")
+    rsync.add_argument("--attribute", dest="attributes", action="append", default=[], metavar="FIELD=COLUMN",
+                       help="profile attribute from a column, e.g. first_name=fname (repeatable)")
+    rsync.add_argument("--property", dest="properties", action="append", default=[], metavar="NAME=COLUMN",
+                       help="custom profile property from a column (repeatable)")
+    rsync.add_argument("--properties-json", help="column with a JSON object of custom properties")
+    rsync.add_argument("--list-id", help="Klaviyo list to fill")
+    rsync.add_argument("--list-name", help="Klaviyo list to fill, by name")
+    rsync.add_argument("--create-list", action="store_true", default=None, help="create the list if missing")
+    rsync.add_argument("--list-mode", choices=("add", "mirror"), help="add members only, or mirror the audience")
+    rsync.add_argument("--consent", action="append", default=[], metavar="CHANNEL=COLUMN[@AT]",
+                       help="explicit consent, e.g. email=opted_in@opted_in_at (repeatable)")
+    rsync.add_argument("--max-rejected-fraction", type=float)
+    rsync.add_argument("--batch-size", type=int)
+    rsync.add_argument("--dry-run", action="store_true", help="show what would be sent; send nothing")
+    rsync.add_argument("--base-url", help="Klaviyo API base URL (default https://a.klaviyo.com)")
+    rsync.add_argument("--auth", choices=("klaviyo-api-key", "bearer", "maton"), default="klaviyo-api-key")
+    rsync.add_argument("--maton-connection", help="Maton connection id")
+
     sub.add_parser("sandbox", help="run the local Klaviyo API sandbox (see klaviyo-dlt sandbox --help)", add_help=False)
-    sub.add_parser("reverse-sync", help="push a SQL-built audience into Klaviyo (see klaviyo-dlt reverse-sync --help)",
-                   add_help=False)
     return parser
 
 
@@ -127,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         log = setup_logging(args.log_format, args.debug)
         out = Output(args.log_format)
-        handler = {"sync": cmd_sync, "status": cmd_status, "demo": cmd_demo, "connections": cmd_connections}
+        handler = {"sync": cmd_sync, "status": cmd_status, "demo": cmd_demo, "connections": cmd_connections,
+                   "reverse-sync": cmd_reverse_sync}
         return handler[args.command](args, out, log)
     except KeyboardInterrupt:
         error_line("interrupted")
@@ -150,13 +179,9 @@ def _delegated(argv: list[str]) -> int | None:
     index = positional[0]
     command, rest = argv[index], argv[:index] + argv[index + 1:]
     rest = [a for a in rest if a not in ("--debug",)]
-    if command == "sandbox":
-        from klaviyo_sandbox.server import main as sandbox_main
+    from klaviyo_sandbox.server import main as sandbox_main
 
-        return int(sandbox_main(rest) or 0)
-    from klaviyo_source.reverse_sync.cli import main as reverse_sync_main
-
-    return int(reverse_sync_main(rest) or 0)
+    return int(sandbox_main(rest) or 0)
 
 
 # --- sync ----------------------------------------------------------------------------------------
@@ -282,6 +307,34 @@ def _print_results(out: Output, results: Sequence[Any]) -> None:
             rows.append(([r.label] if many else []) + [r.dataset_name, table, count, f"{r.seconds:.1f}s"])
     columns = (["account"] if many else []) + ["dataset", "table", "rows", "time / error"]
     out.table(f"Sync summary → {results[0].destination}", columns, rows)
+
+
+# --- reverse sync --------------------------------------------------------------------------------
+REVERSE_SYNC_FLAGS = ("config_path", "name", "table", "query", "email", "phone_number", "external_id", "attributes",
+                      "properties", "properties_json", "list_id", "list_name", "create_list", "list_mode", "consent",
+                      "max_rejected_fraction", "batch_size")
+
+
+def cmd_reverse_sync(args: argparse.Namespace, out: Output, log: Any) -> int:
+    from klaviyo_source.pipeline_runner import DEFAULT_DATASET_NAME, make_destination
+    from klaviyo_source.reverse_sync.flags import run_reverse_sync
+
+    flags = {name: getattr(args, name) for name in REVERSE_SYNC_FLAGS}
+    connection: dict[str, Any] = {"auth": args.auth, "maton_connection": args.maton_connection}
+    if args.base_url:
+        connection["base_url"] = args.base_url
+    if not args.dry_run:
+        connection["api_key"] = resolve_api_key(args.auth)
+    report = run_reverse_sync(
+        destination=make_destination(args.destination, args.duckdb_path),
+        dataset_name=args.dataset_name or DEFAULT_DATASET_NAME,
+        dry_run=args.dry_run, pipelines_dir=args.pipelines_dir, **connection, **flags,
+    )
+    if out.json:
+        out.emit({"event": "reverse_sync_result", **report.as_dict()})
+    else:
+        out.line(report.summary())
+    return EXIT_OK
 
 
 # --- status --------------------------------------------------------------------------------------

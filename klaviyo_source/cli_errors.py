@@ -106,7 +106,12 @@ def classify(exc: BaseException) -> CliError:
     if isinstance(source_error, KlaviyoSourceError):
         status = getattr(source_error, "status_code", None)
         return (AuthError if status in (401, 403) else SyncFailed)(redact(str(source_error)))
+    from klaviyo_source.reverse_sync.mapping import ConfigError as ReverseSyncConfigError
+    from klaviyo_source.reverse_sync.source_rows import SourceError as ReverseSyncSourceError
+
     for item in exception_chain(exc):
+        if isinstance(item, (ReverseSyncConfigError, ReverseSyncSourceError)):
+            return UsageError(redact(_first_line(str(item))))
         if isinstance(item, CliError):
             return type(item)(redact(str(item)), item.exit_code)
         if isinstance(item, MatonAuthError):

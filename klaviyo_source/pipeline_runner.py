@@ -44,6 +44,7 @@ class SyncOptions:
     maton_connection: str | None = None
     revision: str | None = None
     pipelines_dir: str | None = None
+    refresh: str | None = None  # dlt refresh mode for the whole run, e.g. "drop_sources" (the demo)
     source_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -210,7 +211,7 @@ def run_sync(opts: SyncOptions, progress: Any = None, raise_errors: bool = True)
             if rest:
                 runs.append((build_source(opts, rest, hooks), None))
         else:
-            runs.append((build_source(opts, selected, hooks), None))
+            runs.append((build_source(opts, selected, hooks), opts.refresh))
         for source, refresh in runs:
             info = pipeline.run(source, refresh=refresh) if refresh else pipeline.run(source)
             result.load_ids.extend(info.loads_ids)

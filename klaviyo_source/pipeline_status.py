@@ -52,10 +52,10 @@ def pipeline_status(opts: SyncOptions) -> StatusReport:
     report.has_runs = True
     schema = pipeline.default_schema
     tables_by_resource: dict[str, list[str]] = {}
-    for name, table in schema.data_tables(seen_data_only=True):
+    for table in schema.data_tables(seen_data_only=True):
         resource = table.get("resource")
-        if resource:
-            tables_by_resource.setdefault(resource, []).append(name)
+        if resource and not table.get("parent"):
+            tables_by_resource.setdefault(resource, []).append(table["name"])
 
     trace = pipeline.last_trace
     trace_rows: dict[str, int] | None = None
@@ -88,7 +88,7 @@ def pipeline_status(opts: SyncOptions) -> StatusReport:
             status.total_rows = sum(l["total"] for l in loaded)
         if trace_rows is not None:
             status.rows_last_run = sum(trace_rows.get(t, 0) for t in tables)
-        elif loaded:
+        elif loaded and all(l["latest_rows"] is not None for l in loaded):
             status.rows_last_run = sum(l["latest_rows"] for l in loaded)
         status.failed = resource in failed_resources or (report.last_run_failed and not failed_resources)
         report.resources.append(status)
@@ -99,24 +99,27 @@ def pipeline_status(opts: SyncOptions) -> StatusReport:
 
 
 def _latest_load_per_table(pipeline: Any, tables: list[str]) -> dict[str, dict[str, Any]]:
-    """Per table: total rows, rows of its latest load, and that load's ``inserted_at``."""
+    """Per table: total rows and, when the table carries ``_dlt_load_id``, the rows and time of its
+    latest load (arrow-loaded tables have no load id column unless dlt is told to add it)."""
     if not tables:
         return {}
     dataset = pipeline.dataset()
+    schema = pipeline.default_schema
     loads = {row[0]: row[1] for row in dataset.query(
         "SELECT load_id, inserted_at FROM _dlt_loads WHERE status = 0").fetchall()}
+    last_load_at = max(loads.values()) if loads else None
+    totals = {row[0]: row[1] for row in dataset.row_counts(table_names=tables).fetchall()}
     found: dict[str, dict[str, Any]] = {}
     for table in tables:
-        try:
-            rows = dataset.query(
-                f"SELECT _dlt_load_id, COUNT(*) FROM {table} GROUP BY _dlt_load_id").fetchall()
-        except Exception:  # noqa: BLE001 - table in schema but not (yet) in the destination
+        if table not in totals:
             continue
-        if not rows:
-            continue
-        latest_id, latest_rows = max(rows, key=lambda r: r[0])
-        found[table] = {"total": sum(r[1] for r in rows), "latest_rows": latest_rows,
-                        "loaded_at": loads.get(latest_id)}
+        entry = {"total": totals[table], "latest_rows": None, "loaded_at": last_load_at}
+        if "_dlt_load_id" in schema.get_table_columns(table):
+            rows = dataset.query(f"SELECT _dlt_load_id, COUNT(*) FROM {table} GROUP BY 1").fetchall()
+            if rows:
+                latest_id, entry["latest_rows"] = max(rows, key=lambda r: r[0])
+                entry["loaded_at"] = loads.get(latest_id, last_load_at)
+        found[table] = entry
     return found
 
 

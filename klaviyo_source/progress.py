@@ -47,9 +47,11 @@ class SyncProgress(Collector):
     def update(self, name: str, inc: int = 1, total: int | None = None, inc_total: int | None = None,
                message: str | None = None, label: str | None = None) -> None:
         with self._lock:
-            if self.step and self.step.lower().startswith("extract") and name != "Resources":
+            if name.startswith("_dlt"):
+                pass
+            elif self.step and self.step.lower().startswith("extract") and name != "Resources":
                 self.rows[name] += inc
-            else:
+            elif name[:1].isupper():  # dlt's step counters: Resources, Files, Items, Jobs
                 key = f"{name} ({label})" if label else name
                 self.step_counters[key] += inc
                 if total is not None:
