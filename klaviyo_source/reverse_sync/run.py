@@ -74,9 +74,19 @@ def reverse_sync(
     state = SyncState(warehouse, config.name)
     prior = state.load()
 
-    writer = None
     list_id = config.list.id if config.list else None
-    if not dry_run:
+    work = plan(config, rows, prior, list_id)
+    report.read = work.read
+    report.unchanged = work.unchanged
+    report.rejected_local = work.rejected.num_rows
+    if dry_run:
+        report.list_id = list_id
+        _describe(work, report)
+    else:
+        local = [("local", *r) for r in _local_rejects(work.rejected)]
+        if _over_threshold(config, report, len(local)):
+            state.commit([], local, report.run_id)
+            _check_threshold(config, report, len(local))  # raises: nothing is sent
         if client is None:
             api_key = api_key or _configured_api_key()
             if not api_key:
@@ -93,24 +103,29 @@ def reverse_sync(
                                            "create it or set [list] create = true")
                 list_id = writer.create_list(config.list.name)
                 report.list_created = True
-    report.list_id = list_id
-
-    work = plan(config, rows, prior, list_id)
-    report.read = work.read
-    report.unchanged = work.unchanged
-    report.rejected_local = work.rejected.num_rows
-    if dry_run:
-        _describe(work, report)
-    else:
-        state.reject(report.run_id, "local", _local_rejects(work.rejected))
-        _check_threshold(config, report, work.rejected.num_rows)
-        _Pusher(config, work, state, writer, warehouse, list_id, report, on_batch).run()
+            if _other_list_ids(prior, config.list.name, list_id):
+                # state holds members of an earlier list of that name: compare by the resolved id
+                work = plan(config, rows, prior, list_id)
+                report.unchanged = work.unchanged
+        report.list_id = list_id
+        _Pusher(config, work, state, writer, warehouse, list_id, report, on_batch, local).run()
         report.requests = writer.requests
     report.rejected = report.rejected_local + report.rejected_remote
     report.seconds = time.monotonic() - started
     if not dry_run:
         _check_threshold(config, report, report.rejected)
     return report
+
+
+def _other_list_ids(prior: pa.Table, name: str, list_id: str) -> bool:
+    """Whether state rows for list ``name`` were recorded under a list id other than ``list_id``."""
+    if prior.num_rows == 0:
+        return False
+    import pyarrow.compute as pc
+
+    same_name = pc.equal(prior.column("list_name"), name)
+    other_id = pc.invert(pc.fill_null(pc.equal(prior.column("list_id"), list_id), False))
+    return bool(pc.any(pc.and_(same_name, other_id)).as_py())
 
 
 def _configured_api_key() -> str | None:
@@ -130,9 +145,14 @@ def _local_rejects(rejected: pa.Table) -> list[tuple[str | None, str, str | None
     return [(r["identity_key"], r["reason"], r["row_json"]) for r in rejected.to_pylist()]
 
 
+def _over_threshold(config: ReverseSyncConfig, report: ReverseSyncReport, rejected: int) -> bool:
+    limit = config.max_rejected_fraction
+    return limit is not None and report.read > 0 and rejected / report.read > limit
+
+
 def _check_threshold(config: ReverseSyncConfig, report: ReverseSyncReport, rejected: int) -> None:
     limit = config.max_rejected_fraction
-    if limit is not None and report.read and rejected / report.read > limit:
+    if _over_threshold(config, report, rejected):
         raise ReverseSyncError(
             f"{rejected} of {report.read} rows rejected (more than max_rejected_fraction={limit}); "
             f"reasons in _klaviyo_reverse_sync_rejects (run_id {report.run_id})")
@@ -161,16 +181,23 @@ class _Pusher:
 
     def __init__(self, config: ReverseSyncConfig, work: Plan, state: SyncState, writer: KlaviyoWriter,
                  warehouse: Warehouse, list_id: str | None, report: ReverseSyncReport,
-                 on_batch: Callable[[int, ReverseSyncReport], None] | None):
+                 on_batch: Callable[[int, ReverseSyncReport], None] | None,
+                 pending: list[tuple[str, str | None, str, str | None]]):
         self.config, self.work, self.state, self.writer = config, work, state, writer
+        self.pending = list(pending)  # rejects written with the next state commit
         self.warehouse, self.list_id, self.report, self.on_batch = warehouse, list_id, report, on_batch
         self.current: dict[str, dict[str, Any]] = {}  # identity -> latest state row written this run
         self.failed: set[str] = set()  # identities Klaviyo rejected this run
 
     def run(self) -> None:
-        self.push_profiles()
-        self.push_consent()
-        self.remove_departed()
+        try:
+            self.push_profiles()
+            self.push_consent()
+            self.remove_departed()
+        finally:
+            if self.pending:  # local rejects of a run with nothing to send, or after a failure
+                self.state.commit([], self.pending, self.report.run_id)
+                self.pending = []
 
     # -- state rows -----------------------------------------------------------------------
     def _base(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -184,12 +211,14 @@ class _Pusher:
                 "consent_hash": row["__prev_consent_hash"], "job_id": None}
 
     def _save(self, rows: list[dict[str, Any]]) -> None:
-        self.state.save(rows)
+        """Advance state (and write pending rejects) in one load."""
+        self.state.commit(rows, self.pending, self.report.run_id)
+        self.pending = []
         for row in rows:
             self.current[row["identity_key"]] = row
 
     def _reject(self, stage: str, rejects: list[tuple[str, str, str | None]]) -> None:
-        self.state.reject(self.report.run_id, stage, rejects)
+        self.pending.extend((stage, *r) for r in rejects)
         self.report.rejected_remote += len(rejects)
         self.failed.update(r[0] for r in rejects)
 
@@ -235,11 +264,9 @@ class _Pusher:
                     else:
                         self.report.updated += 1
             self.report.sent += end - start
+            self._reject("import_error", rejects)
+            self._reject("conflict", conflicts)
             self._save(saved)
-            if rejects:
-                self._reject("import_error", rejects)
-            if conflicts:
-                self._reject("conflict", conflicts)
             self.report.requests = self.writer.requests
             if self.on_batch:
                 self.on_batch(number, self.report)

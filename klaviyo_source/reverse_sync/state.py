@@ -57,33 +57,39 @@ class SyncState:
     def save(self, rows: Iterable[dict[str, Any]]) -> int:
         """Merge state rows (whole rows: every column) into the state table; returns how many."""
         rows = list(rows)
-        if not rows:
-            return 0
-        stamp = _now()
-        data = {name: [r.get(name) for r in rows] for name in STATE_COLUMNS}
-        data["sync_name"] = [self.sync_name] * len(rows)
-        data["synced_at"] = [stamp] * len(rows)
-        table = pa.table({k: pa.array(v, STATE_COLUMNS[k]) for k, v in data.items()})
-        self._run(_state_resource(table))
+        self.commit(rows, [])
         return len(rows)
 
     def reject(self, run_id: str, stage: str, rejects: Iterable[tuple[str | None, str, str | None]]) -> int:
         """Append (identity_key, reason, row JSON) rejects of one stage; returns how many."""
-        rejects = list(rejects)
-        if not rejects:
-            return 0
-        stamp = _now()
-        table = pa.table({
-            "sync_name": pa.array([self.sync_name] * len(rejects), pa.string()),
-            "run_id": pa.array([run_id] * len(rejects), pa.string()),
-            "identity_key": pa.array([r[0] for r in rejects], pa.string()),
-            "stage": pa.array([stage] * len(rejects), pa.string()),
-            "reason": pa.array([r[1] for r in rejects], pa.string()),
-            "row_json": pa.array([r[2] for r in rejects], pa.string()),
-            "rejected_at": pa.array([stamp] * len(rejects), REJECT_COLUMNS["rejected_at"]),
-        })
-        self._run(dlt.resource(table, name=REJECTS_TABLE, write_disposition="append"))
+        rejects = [(stage, *r) for r in rejects]
+        self.commit([], rejects, run_id)
         return len(rejects)
+
+    def commit(self, rows: list[dict[str, Any]], rejects: list[tuple[str, str | None, str, str | None]],
+               run_id: str = "") -> None:
+        """In one load: merge whole state rows and append (stage, identity_key, reason, row JSON) rejects."""
+        resources = []
+        stamp = _now()
+        if rows:
+            data = {name: [r.get(name) for r in rows] for name in STATE_COLUMNS}
+            data["sync_name"] = [self.sync_name] * len(rows)
+            data["synced_at"] = [stamp] * len(rows)
+            resources.append(_state_resource(pa.table({k: pa.array(v, STATE_COLUMNS[k]) for k, v in data.items()})))
+        if rejects:
+            columns = list(zip(*rejects))
+            table = pa.table({
+                "sync_name": pa.array([self.sync_name] * len(rejects), pa.string()),
+                "run_id": pa.array([run_id] * len(rejects), pa.string()),
+                "identity_key": pa.array(columns[1], pa.string()),
+                "stage": pa.array(columns[0], pa.string()),
+                "reason": pa.array(columns[2], pa.string()),
+                "row_json": pa.array(columns[3], pa.string()),
+                "rejected_at": pa.array([stamp] * len(rejects), REJECT_COLUMNS["rejected_at"]),
+            })
+            resources.append(dlt.resource(table, name=REJECTS_TABLE, write_disposition="append"))
+        if resources:
+            self._run(resources)
 
     def rejects(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Rejected rows of this sync (of one run when given), oldest first."""

@@ -44,6 +44,26 @@ class RequestCounter:
         return sum(n for (m, _), n in self.seen.items() if m != "GET")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_airflow_secrets_lookups():
+    """With apache-airflow installed dlt asks Airflow Variables for every config key (~20 ms each);
+    these tests configure everything explicitly, so switch that provider off while they run."""
+    import os
+
+    from dlt.common.configuration.container import Container
+    from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
+
+    previous = os.environ.get("PROVIDERS__ENABLE_AIRFLOW_SECRETS")
+    os.environ["PROVIDERS__ENABLE_AIRFLOW_SECRETS"] = "false"
+    Container()[PluggableRunContext].reload_providers()
+    yield
+    if previous is None:
+        os.environ.pop("PROVIDERS__ENABLE_AIRFLOW_SECRETS", None)
+    else:
+        os.environ["PROVIDERS__ENABLE_AIRFLOW_SECRETS"] = previous
+    Container()[PluggableRunContext].reload_providers()
+
+
 @pytest.fixture(autouse=True)
 def _postgres_password(monkeypatch):
     # dlt wants a password in the credentials even for the trust-auth test server
@@ -88,3 +108,9 @@ def load_table(warehouse, table_name: str, rows: list[dict[str, Any]] | pa.Table
     file_format = "parquet" if destination.destination_type.endswith("duckdb") else "csv"
     pipeline.run(table, table_name=table_name, write_disposition="replace",
                  loader_file_format=file_format).raise_on_failed_jobs()
+
+
+@pytest.fixture
+def load(warehouse):
+    """``load(table_name, rows)``: replace a table of the warehouse dataset."""
+    return lambda table_name, rows: load_table(warehouse, table_name, rows)

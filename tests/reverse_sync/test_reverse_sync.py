@@ -9,7 +9,8 @@ from klaviyo_source.reverse_sync.demo import list_members
 from klaviyo_source.reverse_sync.source_rows import Warehouse
 from klaviyo_source.reverse_sync.state import SyncState
 
-from .conftest import load_table
+# the behaviours below that do not depend on the warehouse engine run on DuckDB only (suite time)
+DUCKDB_ONLY = pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 
 
 def people(n: int, start: int = 0, **extra):
@@ -56,9 +57,9 @@ def rejects(warehouse, name="vip"):
     return SyncState(Warehouse(destination, dataset, pipelines_dir=pipelines_dir + "_read"), name).rejects()
 
 
-def test_push_then_unchanged_rerun_sends_nothing(warehouse, sandbox, client):
+def test_push_then_unchanged_rerun_sends_nothing(warehouse, load, sandbox, client):
     sb, counter = sandbox
-    load_table(warehouse, "audience", people(12))
+    load("audience", people(12))
     first = run(warehouse, client)
     assert (first.read, first.sent, first.created, first.added_to_list, first.rejected) == (12, 12, 12, 12, 0)
     assert first.list_created and first.jobs == 1
@@ -77,14 +78,15 @@ def test_push_then_unchanged_rerun_sends_nothing(warehouse, sandbox, client):
     assert third.sent == 0 and counter.writes() == 0 and counter.total("GET", "/api/lists") == 1
 
 
-def test_only_changed_rows_are_sent(warehouse, sandbox, client):
+@DUCKDB_ONLY
+def test_only_changed_rows_are_sent(warehouse, load, sandbox, client):
     sb, counter = sandbox
     rows = people(8)
-    load_table(warehouse, "audience", rows)
+    load("audience", rows)
     run(warehouse, client)
     rows[2]["first_name"] = "Changed"
     rows[5]["ltv"] = 999.0
-    load_table(warehouse, "audience", rows)
+    load("audience", rows)
     counter.reset()
     report = run(warehouse, client)
     assert (report.sent, report.updated, report.created, report.unchanged) == (2, 2, 0, 6)
@@ -93,9 +95,9 @@ def test_only_changed_rows_are_sent(warehouse, sandbox, client):
     assert profile_by_email(client, "person5@audience.test")["attributes"]["properties"]["ltv"] == 999.0
 
 
-def test_mirror_removes_exactly_the_departed_members(warehouse, sandbox, client):
+def test_mirror_removes_exactly_the_departed_members(warehouse, load, sandbox, client):
     sb, counter = sandbox
-    load_table(warehouse, "audience", people(10))
+    load("audience", people(10))
     first = run(warehouse, client)
     # someone else's member of the same list: the sync never added it, so it must stay
     outsider = next(p for p in client.get("/api/profiles", params={"page[size]": 20})["data"]
@@ -104,7 +106,7 @@ def test_mirror_removes_exactly_the_departed_members(warehouse, sandbox, client)
                                          json={"data": [{"type": "profile", "id": outsider["id"]}]},
                                          headers={"content-type": "application/vnd.api+json"})
     assert added.status_code == 204
-    load_table(warehouse, "audience", [p for p in people(10) if p["email"] not in
+    load("audience", [p for p in people(10) if p["email"] not in
                                        {"person1@audience.test", "person4@audience.test", "person7@audience.test"}])
     counter.reset()
     report = run(warehouse, client)
@@ -122,22 +124,23 @@ def test_mirror_removes_exactly_the_departed_members(warehouse, sandbox, client)
     assert again.removed_from_list == 0 and counter.writes() == 0
 
 
-def test_add_mode_never_removes(warehouse, sandbox, client):
-    load_table(warehouse, "audience", people(5))
+@DUCKDB_ONLY
+def test_add_mode_never_removes(warehouse, load, sandbox, client):
+    load("audience", people(5))
     first = run(warehouse, client, config(list={"name": "Adds", "create": True, "mode": "add"}))
-    load_table(warehouse, "audience", people(2))
+    load("audience", people(2))
     second = run(warehouse, client, config(list={"name": "Adds", "mode": "add"}))
     assert second.removed_from_list == 0
     assert len(member_emails(client, first.list_id)) == 5
 
 
-def test_null_clears_the_field_in_klaviyo(warehouse, sandbox, client):
+def test_null_clears_the_field_in_klaviyo(warehouse, load, sandbox, client):
     rows = people(4)
-    load_table(warehouse, "audience", rows)
+    load("audience", rows)
     run(warehouse, client)
     rows[1]["first_name"] = None
     rows[1]["tier"] = None
-    load_table(warehouse, "audience", rows)
+    load("audience", rows)
     report = run(warehouse, client)
     assert (report.cleared, report.sent) == (1, 1)
     attributes = profile_by_email(client, "person1@audience.test")["attributes"]
@@ -147,10 +150,10 @@ def test_null_clears_the_field_in_klaviyo(warehouse, sandbox, client):
     assert run(warehouse, client).sent == 0  # the clear was accepted: state advanced
 
 
-def test_local_rejects_and_conflicts_land_in_rejects_table(warehouse, sandbox, client):
+def test_local_rejects_and_conflicts_land_in_rejects_table(warehouse, load, sandbox, client):
     sb, counter = sandbox
     # two existing Klaviyo profiles: one holds an email, the other an external id
-    load_table(warehouse, "seed", [{"email": "holder@audience.test", "external_id": None},
+    load("seed", [{"email": "holder@audience.test", "external_id": None},
                                    {"email": None, "external_id": "ext-owned"}])
     run(warehouse, client, config(name="seed", table="seed",
                                   identifiers={"email": "email", "external_id": "external_id"},
@@ -162,7 +165,7 @@ def test_local_rejects_and_conflicts_land_in_rejects_table(warehouse, sandbox, c
         # identifiers of two different existing profiles: Klaviyo answers duplicate_profile
         {"email": "holder@audience.test", "external_id": "ext-owned", "first_name": "Clash"},
     ]
-    load_table(warehouse, "audience", audience)
+    load("audience", audience)
     cfg = config(identifiers={"email": "email", "external_id": "external_id"}, properties={})
     report = run(warehouse, client, cfg)
     assert (report.read, report.rejected_local, report.rejected_remote, report.sent) == (4, 2, 1, 2)
@@ -179,9 +182,10 @@ def test_local_rejects_and_conflicts_land_in_rejects_table(warehouse, sandbox, c
     assert (again.sent, again.rejected_remote, again.unchanged) == (1, 1, 1)
 
 
-def test_reject_threshold_fails_the_run_before_sending(warehouse, sandbox, client):
+@DUCKDB_ONLY
+def test_reject_threshold_fails_the_run_before_sending(warehouse, load, sandbox, client):
     sb, counter = sandbox
-    load_table(warehouse, "audience", people(2) + [{"email": f"bad{i}", "first_name": "x", "tier": "t", "ltv": 1.0}
+    load("audience", people(2) + [{"email": f"bad{i}", "first_name": "x", "tier": "t", "ltv": 1.0}
                                                    for i in range(3)])
     counter.reset()
     with pytest.raises(ReverseSyncError, match="3 of 5 rows rejected"):
@@ -190,9 +194,9 @@ def test_reject_threshold_fails_the_run_before_sending(warehouse, sandbox, clien
     assert len(rejects(warehouse)) == 3  # recorded all the same
 
 
-def test_crash_between_batches_then_rerun(warehouse, sandbox, client):
+def test_crash_between_batches_then_rerun(warehouse, load, sandbox, client):
     sb, counter = sandbox
-    load_table(warehouse, "audience", people(25))
+    load("audience", people(25))
     cfg = config(batch_size=10)
 
     class Killed(Exception):
@@ -215,10 +219,10 @@ def test_crash_between_batches_then_rerun(warehouse, sandbox, client):
     assert run(warehouse, client, cfg).sent == 0
 
 
-def test_dry_run_sends_nothing(warehouse, sandbox, client):
+def test_dry_run_sends_nothing(warehouse, load, sandbox, client):
     sb, counter = sandbox
     rows = people(6) + [{"email": "broken", "first_name": "B", "tier": "t", "ltv": 0.0}]
-    load_table(warehouse, "audience", rows)
+    load("audience", rows)
     counter.reset()
     report = run(warehouse, client, dry_run=True)
     assert counter.total() == 0
@@ -229,10 +233,11 @@ def test_dry_run_sends_nothing(warehouse, sandbox, client):
     assert "dry run" in report.summary()
 
 
-def test_consent_only_when_mapped(warehouse, sandbox, client):
+@DUCKDB_ONLY
+def test_consent_only_when_mapped(warehouse, load, sandbox, client):
     rows = [{"email": "yes@audience.test", "opted_in": True, "opted_in_at": "2024-05-01T10:00:00+00:00"},
             {"email": "no@audience.test", "opted_in": False, "opted_in_at": None}]
-    load_table(warehouse, "audience", rows)
+    load("audience", rows)
     cfg = config(attributes={}, properties={},
                  consent={"email": {"column": "opted_in", "consented_at": "opted_in_at"}})
     report = run(warehouse, client, cfg)
@@ -248,11 +253,12 @@ def test_consent_only_when_mapped(warehouse, sandbox, client):
     assert run(warehouse, client, cfg).subscribed == 0
 
 
-def test_auth_failure_is_one_line_without_the_key(warehouse, sandbox):
+@DUCKDB_ONLY
+def test_auth_failure_is_one_line_without_the_key(warehouse, load, sandbox):
     from klaviyo_source.reverse_sync import make_client
 
     sb, _ = sandbox
-    load_table(warehouse, "audience", people(2))
+    load("audience", people(2))
     bad = make_client("pk_wrong_key_123456", sb.base_url, pacing=False, max_attempts=1)
     with pytest.raises(ReverseSyncError) as failure:
         run(warehouse, bad)
@@ -260,8 +266,9 @@ def test_auth_failure_is_one_line_without_the_key(warehouse, sandbox):
     assert "\n" not in message and "pk_wrong_key_123456" not in message and "401" in message
 
 
-def test_state_and_rejects_tables_live_in_the_destination(warehouse, sandbox, client):
-    load_table(warehouse, "audience", people(3) + [{"email": "x", "first_name": "X", "tier": "t", "ltv": 1.0}])
+@DUCKDB_ONLY
+def test_state_and_rejects_tables_live_in_the_destination(warehouse, load, sandbox, client):
+    load("audience", people(3) + [{"email": "x", "first_name": "X", "tier": "t", "ltv": 1.0}])
     run(warehouse, client)
     destination, dataset, pipelines_dir = warehouse
     tables = Warehouse(destination, dataset, pipelines_dir=pipelines_dir + "_t").table_columns_map()
