@@ -48,7 +48,8 @@ def setup_logging(log_format: str, debug: bool) -> logging.Logger:
     logger.propagate = False
     for name in ("dlt", ""):
         for existing in logging.getLogger(name).handlers:
-            existing.addFilter(RedactingFilter())
+            if not any(isinstance(f, RedactingFilter) for f in existing.filters):
+                existing.addFilter(RedactingFilter())
     return logger
 
 

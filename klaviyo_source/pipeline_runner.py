@@ -124,6 +124,11 @@ def validate(opts: SyncOptions) -> None:
             raise UsageError(
                 f"--dataset-name '{opts.dataset_name}' equals the DuckDB file name; choose another dataset name"
             )
+    make_destination(opts.destination, opts.duckdb_path)  # unknown destination → UsageError
+    known = resource_names()
+    for name in list(opts.resources or []) + list(opts.full_refresh):
+        if name not in known:
+            raise UsageError(f"unknown resource '{name}'; choose from: {', '.join(known)}")
     for name in opts.full_refresh:
         if opts.resources and name not in opts.resources:
             raise UsageError(f"--full-refresh {name}: not among the selected resources ({', '.join(opts.resources)})")

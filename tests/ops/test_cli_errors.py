@@ -1,0 +1,92 @@
+"""Bad input → exit code + one line naming what to fix; no traceback unless --debug; no key leaks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from klaviyo_source.cli_errors import EXIT_AUTH, EXIT_OK, EXIT_USAGE
+
+WRONG_KEY = "pk_wrong_0123456789abcdef0123456789"
+
+
+def _one_line(run) -> str:
+    assert len(run.err_lines) == 1, run.err
+    assert "Traceback" not in run.err
+    return run.err_lines[0]
+
+
+def test_missing_key_is_one_line_usage_error(cli):
+    run = cli("sync", "profiles")
+    assert run.code == EXIT_USAGE
+    line = _one_line(run)
+    assert "KLAVIYO_API_KEY" in line and "missing" in line
+    assert run.out == ""
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["sync", "profiles", "no_such_resource"], "unknown resource 'no_such_resource'"),
+        (["sync", "--destination", "nowhere_db"], "unknown destination 'nowhere_db'"),
+        (["sync", "--start-date", "2024-13-45"], "--start-date: '2024-13-45' is not a date"),
+        (["sync", "--end-date", "yesterday-ish"], "--end-date: 'yesterday-ish' is not a date"),
+        (["sync", "--start-date", "2024-03-01", "--end-date", "2024-02-01"], "--start-date must be before --end-date"),
+        (["sync", "--start-date", "2999-01-01"], "in the future"),
+        (["sync", "profiles", "--full-refresh", "events"], "--full-refresh events: not among the selected"),
+        (["sync", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (["sync", "--dataset-name", "klaviyo"], "equals the DuckDB file name"),
+    ],
+)
+def test_bad_input_names_what_to_fix(cli, monkeypatch, tmp_path, argv, expected):
+    monkeypatch.setenv("KLAVIYO_API_KEY", WRONG_KEY)
+    monkeypatch.chdir(tmp_path)
+    run = cli(*argv)
+    assert run.code == EXIT_USAGE, run.err
+    assert expected in _one_line(run)
+    assert WRONG_KEY not in run.err + run.out
+    assert not (tmp_path / "klaviyo.duckdb").exists()  # nothing was loaded
+
+
+def test_rejected_key_exits_3_without_leaking_it(cli, sandbox, tmp_path, monkeypatch):
+    monkeypatch.setenv("KLAVIYO_API_KEY", WRONG_KEY)
+    run = cli("sync", "profiles", "--base-url", sandbox.base_url, "--duckdb-path", str(tmp_path / "k.duckdb"),
+              "--progress", "off")
+    assert run.code == EXIT_AUTH
+    errors = [line for line in run.err_lines if line.startswith("klaviyo-dlt: error:")]
+    assert len(errors) == 1 and "Traceback" not in run.err
+    assert "401" in errors[0] and "api_key" in errors[0]
+    assert WRONG_KEY not in run.err + run.out
+
+
+def test_debug_shows_traceback_but_never_the_key(cli, sandbox, tmp_path, monkeypatch):
+    monkeypatch.setenv("KLAVIYO_API_KEY", WRONG_KEY)
+    run = cli("--debug", "sync", "profiles", "--base-url", sandbox.base_url, "--duckdb-path",
+              str(tmp_path / "k.duckdb"), "--progress", "off")
+    assert run.code == EXIT_AUTH
+    assert "Traceback" in run.err
+    assert WRONG_KEY not in run.err + run.out
+
+
+def test_connections_without_maton_key(cli):
+    run = cli("connections", "list")
+    assert run.code == EXIT_USAGE
+    assert "MATON_API_KEY" in _one_line(run)
+
+
+def test_console_script_exit_code_and_single_line(tmp_path):
+    """The installed ``klaviyo-dlt`` entry point, as a scheduler would run it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KLAVIYO_API_KEY", "SOURCES__KLAVIYO__API_KEY")}
+    script = os.path.join(os.path.dirname(sys.executable), "klaviyo-dlt")
+    done = subprocess.run([script, "sync", "events", "--start-date", "not-a-date"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.strip().splitlines() == [
+        "klaviyo-dlt: error: --start-date: 'not-a-date' is not a date; use YYYY-MM-DD or ISO 8601 like "
+        "2024-01-31T00:00:00Z"
+    ]
+    help_run = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert help_run.returncode == EXIT_OK and "exit codes: 0 ok" in help_run.stdout
