@@ -89,7 +89,11 @@ class PacedAdapter(HTTPAdapter):
             pacer.acquire()
         stats = self._client.stats
         stats.requests += 1
-        response = super().send(request, *args, **kwargs)
+        try:
+            response = super().send(request, *args, **kwargs)
+        finally:
+            if pacer is not None:
+                pacer.release()
         if response.status_code == 429:
             stats.status_429 += 1
         return response

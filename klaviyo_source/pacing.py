@@ -32,7 +32,13 @@ class RateTier:
 
 
 class Pacer:
-    """Thread-safe sliding-window limiter for one endpoint bucket."""
+    """Thread-safe sliding-window limiter for one endpoint bucket.
+
+    A request occupies its windows from the moment it is sent until ``window`` after its
+    response arrived: the server counted it somewhere in between, so a later request sent
+    one window after that response can never share a server window with it, whatever the
+    network or server latency.
+    """
 
     def __init__(self, tier: RateTier, scale: float = 1.0, margin: float = PACING_MARGIN):
         self.tier = tier
@@ -41,33 +47,50 @@ class Pacer:
             (60.0 * scale * (1 + margin), tier.steady_per_minute),
         )
         self._horizon = max(w for w, _ in self.windows)
-        self._sent: deque[float] = deque()
-        self._lock = threading.Lock()
+        self._done: deque[float] = deque()  # completion times, ascending
+        self._in_flight = 0
+        self._cond = threading.Condition()
         self.requests = 0
         self.waited_seconds = 0.0
 
-    def _delay(self, now: float) -> float:
-        while self._sent and now - self._sent[0] >= self._horizon:
-            self._sent.popleft()
+    def _delay(self, now: float) -> float | None:
+        """Seconds to wait before one more request fits; None = wait for an in-flight request."""
+        done = self._done
+        while done and now - done[0] >= self._horizon:
+            done.popleft()
         delay = 0.0
         for window, limit in self.windows:
-            if len(self._sent) >= limit:
-                oldest_in_window = self._sent[-limit]
-                delay = max(delay, oldest_in_window + window - now)
+            if self._in_flight >= limit:
+                return None
+            recent = 0
+            for stamp in reversed(done):
+                if now - stamp >= window:
+                    break
+                recent += 1
+            excess = self._in_flight + recent - limit + 1  # oldest recent entries that must expire
+            if excess > 0:
+                delay = max(delay, done[len(done) - recent + excess - 1] + window - now)
         return delay
 
     def acquire(self) -> None:
-        """Block until one more request fits in every window, then record it."""
-        while True:
-            with self._lock:
+        """Block until one more request fits in every window; pair with ``release``."""
+        with self._cond:
+            while True:
                 now = time.monotonic()
                 delay = self._delay(now)
-                if delay <= 0:
-                    self._sent.append(now)
+                if delay is not None and delay <= 0:
+                    self._in_flight += 1
                     self.requests += 1
                     return
-                self.waited_seconds += delay
-            time.sleep(delay)
+                self.waited_seconds += delay or 0.0
+                self._cond.wait(timeout=delay if delay is not None else 1.0)
+
+    def release(self) -> None:
+        """The response (or error) for an acquired request arrived."""
+        with self._cond:
+            self._in_flight -= 1
+            self._done.append(time.monotonic())
+            self._cond.notify_all()
 
 
 class PacerRegistry:

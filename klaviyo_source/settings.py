@@ -22,7 +22,7 @@ MAX_RETRY_DELAY_SECONDS = 60.0
 JITTER_SECONDS = 0.25
 
 # Pacing: stay this fraction inside every rate-limit window (clock skew, network jitter).
-PACING_MARGIN = 0.03
+PACING_MARGIN = 0.02
 
 # Events backfill: a range longer than this is split into time windows read in parallel.
 EVENT_WINDOW_MIN_SECONDS = 24 * 3600

@@ -6,7 +6,10 @@ import pytest
 
 from klaviyo_sandbox.spec import load_spec
 from klaviyo_source.columns import relationship_is_to_one, stream_columns
-from klaviyo_source.streams import STREAMS
+from klaviyo_source.streams import ALL_STREAMS
+
+# rows read by the generic factory (rows with a custom ``factory`` are checked by their owner's tests)
+STREAMS = tuple(s for s in ALL_STREAMS if not s.factory)
 
 SPEC = load_spec()
 
