@@ -9,15 +9,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from klaviyo_source.columns import DLT_TYPES
-from klaviyo_source.resources import ReadOptions, table_columns
-from klaviyo_source.streams import STREAMS
+from klaviyo_source.streams import ALL_STREAMS
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "tables.md"
 MARKER = "<!-- generated reference ends; example queries below are hand-written -->"
 
 
 def render_reference() -> str:
+    """Tables and columns as the source declares them to dlt (the resources' column hints)."""
+    from klaviyo_source import klaviyo_source
+
     lines = [
         "# Klaviyo tables",
         "",
@@ -29,31 +30,38 @@ def render_reference() -> str:
         "and the OpenAPI spec by `python -m klaviyo_source.tables_doc`.",
         "",
     ]
-    options = ReadOptions()
-    for stream in STREAMS:
-        load = stream.write_disposition
+    names = [s.name for s in ALL_STREAMS]
+    source = klaviyo_source(api_key="documentation-only", resources=names, predictive_analytics=True)
+    plain = klaviyo_source(api_key="documentation-only", resources=names)
+    by_name = {s.name: s for s in ALL_STREAMS}
+    for name in names:
+        stream = by_name[name]
+        resource = source.resources[name]
+        columns = resource.compute_table_schema()["columns"]
+        base = set(plain.resources[name].compute_table_schema()["columns"])
+        load = str(stream.write_disposition)
         if stream.incremental:
             load += f", incremental on `{stream.cursor_field}`"
             if stream.lookback == "event_lookback":
                 load += " (re-reads `event_lookback`)"
+        if not stream.default_selected:
+            load += "; loaded only when named in `resources`"
+        tier = stream.rate_tier
         lines += [
-            f"## `{stream.name}`",
+            f"## `{name}`",
             "",
             f"{stream.description}  Endpoint `GET {stream.path}`; load: {load}; "
-            f"rate tier {stream.rate_tier.burst_per_second}/s, {stream.rate_tier.steady_per_minute}/min.",
+            f"rate tier {tier.burst_per_second}/s, {tier.steady_per_minute}/min.",
             "",
             "| column | type | notes |",
             "|---|---|---|",
         ]
-        optional = set(stream.optional_fields)
-        enabled = ReadOptions(enabled_fields=tuple(optional))
-        base = {c.name for c in table_columns(stream, options)}
-        for column in table_columns(stream, enabled):
-            note = column.description.replace("|", "/").replace("\n", " ")
-            if column.name not in base:
-                note = f"only with `{'/'.join(sorted(optional))}` enabled. " + note
-            kind = DLT_TYPES[column.kind] + (" (tz)" if column.kind == "timestamp" else "")
-            lines.append(f"| `{column.name}` | {kind} | {note.strip()} |")
+        for column_name, column in columns.items():
+            note = (column.get("description") or "").replace("|", "/").replace("\n", " ").strip()
+            if column_name not in base:
+                note = ("only with `predictive_analytics=True`. " + note).strip()
+            kind = str(column.get("data_type", "?")) + (" (tz)" if column.get("data_type") == "timestamp" else "")
+            lines.append(f"| `{column_name}` | {kind} | {note} |")
         lines.append("")
     lines.append(MARKER)
     return "\n".join(lines) + "\n"
