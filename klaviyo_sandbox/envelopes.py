@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from typing import Any, Iterable
 from urllib.parse import quote, urlencode
 
@@ -23,8 +24,14 @@ def jstr(value: str) -> str:
     return orjson.dumps(value).decode()
 
 
+_URL_SAFE = re.compile(r"^[A-Za-z0-9$:@._~-]+$")
+
+
 def url_id(value: str) -> str:
-    return quote(value, safe="$:@-_.~")
+    """An id as it appears in a link: raw when URL-safe (Klaviyo shows ``$custom:::...`` raw), else %-encoded."""
+    return value if _URL_SAFE.match(value) else quote(value, safe="-_.~")
+
+
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,6 +83,7 @@ class Serializer:
     def __init__(self, spec: Spec, base: str):
         self.spec = spec
         self.base = base  # e.g. "http://127.0.0.1:5000" (+ "/klaviyo" behind the gateway)
+        self._templates: dict[tuple, Any] = {}
 
     def self_link(self, kind: Kind, id_: str) -> str:
         return f"{self.base}/api/{kind.collection}/{url_id(id_)}/"
@@ -83,6 +91,62 @@ class Serializer:
     def rel_links(self, kind: Kind, id_: str, name: str) -> str:
         root = f"{self.base}/api/{kind.collection}/{url_id(id_)}"
         return f'{{"self":{jstr(f"{root}/relationships/{name}/")},"related":{jstr(f"{root}/{name}/")}}}'
+
+    def fast_template(self, kind: Kind, extras: tuple[str, ...] = ()):
+        """A per-row builder ``(id, attrs, to_one ids..., extras...) -> JSON text`` for the common
+        case (no sparse fieldset, no to-many data); None for rows whose ids need escaping.
+
+        Same output as :meth:`resource`, but one ``%`` format per row: a 1000-record page
+        costs about a millisecond of Python.
+        """
+        key = (kind.type, extras)
+        cached = self._templates.get(key)
+        if cached is not None:
+            return cached
+        base = jstr(self.base)[1:-1].replace("%", "%%")
+        root = base + f"/api/{kind.collection}/%(root)s"
+        head = '{"type":' + jstr(kind.type) + ',"id":"%(id)s"'
+        if kind.has_attributes:
+            head += ',"attributes":%(attrs)s'
+        rel_parts = []
+        to_one = list(kind.to_one)
+        for name, is_many in relationship_shapes(self.spec, kind.type):
+            piece = jstr(name) + ":{"
+            if not is_many and name in kind.to_one:
+                piece += "%(" + f"rel{to_one.index(name)}" + ")s"
+            piece += '"links":{"self":"' + root + f'/relationships/{name}/","related":"' + root + f'/{name}/"}}}}'
+            rel_parts.append(piece)
+        if rel_parts:
+            head += ',"relationships":{' + ",".join(rel_parts) + "}"
+        template = head + ',"links":{"self":"' + root + '/"}}'
+        data_heads = ['"data":{"type":' + jstr(KINDS[kind.to_one[name]].type) + ',"id":"' for name in to_one]
+        n_rel = len(to_one)
+        safe = _URL_SAFE.match
+        names = [jstr(x) for x in extras]
+
+        def build(row: tuple, offset: int = 1) -> str | None:
+            id_ = row[offset]
+            if not safe(id_):
+                return None
+            attrs = row[offset + 1]
+            values = {"id": id_, "root": id_, "attrs": attrs}
+            for n in range(n_rel):
+                target = row[offset + 2 + n]
+                if target is None:
+                    values[f"rel{n}"] = ""
+                elif safe(target):
+                    values[f"rel{n}"] = data_heads[n] + target + '"},'
+                else:
+                    return None
+            for n, name in enumerate(names):
+                extra = row[offset + 2 + n_rel + n]
+                if extra is not None:
+                    attrs = attrs[:-1] + ("" if attrs == "{}" else ",") + name + ":" + extra + "}"
+            values["attrs"] = attrs
+            return template % values
+
+        self._templates[key] = build
+        return build
 
     def resource(self, kind: Kind, id_: str, attrs: str, to_one: dict[str, str | None] | None = None,
                  extras: dict[str, str | None] | None = None, fields: tuple[str, ...] | None = None,

@@ -319,6 +319,8 @@ def _sort_expr(source: Source, field: str | None) -> tuple[str, str]:
     if field is None:
         return source.seq_expr, "BIGINT"
     expr, sql_type = field_sql(source, field)
+    if expr.startswith('t."') and expr[3:-1] in source.kind.not_null:
+        return expr, sql_type
     if sql_type == "LIST":
         return f"coalesce(list_max({expr}), TIMESTAMPTZ '1970-01-01 00:00:00+00')", "TIMESTAMPTZ"
     if sql_type == "TIMESTAMP":
@@ -348,7 +350,10 @@ def _from_cursor(value: Any, sql_type: str) -> Any:
 
 def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, conditions: list[Condition],
                sort: tuple[str | None, bool], limit: int | None) -> tuple[list[tuple], Any]:
-    """Run the keyset query; returns (rows, cursor for the next page or None)."""
+    """Run the keyset query; returns (rows, cursor for the next page or None).
+
+    Rows are ``(seq, id, attrs, *to_one ids, *extras, sort value)``.
+    """
     kind = source.kind
     where, params = list(source.where), list(source.params)
     for cond in conditions:
@@ -371,17 +376,27 @@ def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, condit
             where.append(f"{sort_expr} {cmp}= ? AND ({sort_expr} {cmp} ? OR {source.seq_expr} {cmp} ?)")
             params.extend([last, last, last_seq])
     direction = "DESC" if descending else "ASC"
-    columns = [f"{source.seq_expr}", "t.id", "t.attrs"]
+    # inner query: keyset + top-N over narrow columns; outer query: build the (wide) output
+    # for the page only -- DuckDB would otherwise compute projections for every filtered row.
+    inner = [f"{source.seq_expr} AS _seq", "t.id AS id", "t.attrs AS attrs"]
+    inner += [f"t.{rel_column(r)} AS {rel_column(r)}" for r in kind.to_one]
+    inner += [f"t.{extra_column(x)} AS {extra_column(x)}" for x in options.additional]
+    inner.append(f"{sort_expr} AS _sort")
+    attrs = "p.attrs"
     if source.joined:  # membership endpoints serve the member's joined_group_at as an attribute (H6)
-        columns[2] = ("json_merge_patch(t.attrs, json_object('joined_group_at', "
-                      "strftime(l.joined_at, '%Y-%m-%dT%H:%M:%S+00:00')))::VARCHAR")
-    columns += [f"t.{rel_column(r)}" for r in kind.to_one]
-    columns += [f"t.{extra_column(x)}" for x in options.additional]
-    columns.append(sort_expr)
+        inner.append("l.joined_at AS _joined_at")
+        attrs = ("json_merge_patch(p.attrs, json_object('joined_group_at', "
+                 "strftime(p._joined_at, '%Y-%m-%dT%H:%M:%S+00:00')))::VARCHAR")
+    outer = ["p._seq", "p.id", f"{attrs} AS attrs"]
+    outer += [f"p.{rel_column(r)}" for r in kind.to_one]
+    outer += [f"p.{extra_column(x)}" for x in options.additional]
+    outer.append("p._sort")
     order = f"{sort_expr} {direction}, {source.seq_expr} {direction}" if sort_field else f"{source.seq_expr} {direction}"
-    sql = f"SELECT {', '.join(columns)} FROM {source.from_sql} WHERE {' AND '.join(where)} ORDER BY {order}"
+    outer_order = f"p._sort {direction}, p._seq {direction}" if sort_field else f"p._seq {direction}"
+    sql = f"SELECT {', '.join(inner)} FROM {source.from_sql} WHERE {' AND '.join(where)} ORDER BY {order}"
     if limit is not None:
         sql += f" LIMIT {limit + 1}"
+    sql = f"SELECT {', '.join(outer)} FROM ({sql}) p ORDER BY {outer_order}"
     try:
         rows = ctx.store.execute(sql, params).fetchall()
     except ApiError:
@@ -394,7 +409,8 @@ def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, condit
     if limit is not None and len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        next_cursor = encode_cursor([_cursor_value(last[-1], sort_type), last[0]])
+        sort_index = 3 + len(kind.to_one) + len(options.additional)
+        next_cursor = encode_cursor([_cursor_value(last[sort_index], sort_type), last[0]])
     return rows, next_cursor
 
 
@@ -404,7 +420,13 @@ def serialize_rows(ctx: RequestContext, ser: Serializer, kind: Kind, rows: list[
     fields = options.fields.get(kind.type)
     out = []
     rel_names = list(kind.to_one)
+    fast = ser.fast_template(kind, options.additional) if not many_data and fields is None else None
     for row in rows:
+        if fast is not None:
+            text = fast(row)
+            if text is not None:
+                out.append(text)
+                continue
         id_ = row[1]
         to_one = dict(zip(rel_names, row[3:3 + n_rel])) if n_rel else None
         extras = dict(zip(options.additional, row[3 + n_rel:3 + n_rel + len(options.additional)])) if options.additional else None
@@ -463,8 +485,8 @@ def collection_response(ctx: RequestContext, source: Source):
     limit = page_size(ctx)
     conditions = filters(ctx)
     sort = sort_spec(ctx)
-    rows, next_cursor = fetch_rows(ctx, source, options, conditions, sort, limit)
     ser = Serializer(ctx.spec, ctx.link_base)
+    rows, next_cursor = fetch_rows(ctx, source, options, conditions, sort, limit)
     included, many_data = included_for(ctx, ser, kind, rows, options)
     items = serialize_rows(ctx, ser, kind, rows, options, many_data)
     args = list(ctx.args.items(multi=True))

@@ -110,6 +110,8 @@ class Kind:
     created_attr: str | None = None
     id_style: str = "short"  # "short" (6 chars), "ulid" (26 chars), "event" (hex), "uuid", "digits"
     has_attributes: bool = True  # webhook-topic resources carry only type/id/links
+    # typed columns that are never NULL (sorted on directly, so DuckDB can prune by zonemap)
+    not_null: tuple[str, ...] = ()
 
 
 def _ts(path: str) -> tuple[str, str]:
@@ -133,12 +135,12 @@ KINDS: dict[str, Kind] = {
             columns={"email": _s("email"), "phone_number": _s("phone_number"), "external_id": _s("external_id"),
                      "created": _ts("created"), "updated": _ts("updated")},
             extras=("subscriptions", "predictive_analytics"),
-            updated_attr="updated", created_attr="created", id_style="ulid",
+            updated_attr="updated", created_attr="created", id_style="ulid", not_null=("created", "updated"),
         ),
         Kind(
             "event", "events", "events",
             columns={"datetime": _ts("datetime"), "timestamp": ("BIGINT", "timestamp")},
-            to_one={"metric": "metric", "profile": "profile"}, id_style="event",
+            to_one={"metric": "metric", "profile": "profile"}, id_style="event", not_null=("datetime", "timestamp"),
         ),
         Kind(
             "metric", "metrics", "metrics",
@@ -439,6 +441,10 @@ class Store:
         for attr in (kind.created_attr, kind.updated_attr):
             if attr and attributes.get(attr) is None:
                 attributes[attr] = iso(now)
+        if kind.type == "event" and attributes.get("datetime") is None:  # Klaviyo: time defaults to now
+            attributes["datetime"] = iso(now)
+        if kind.type == "event" and attributes.get("timestamp") is None:
+            attributes["timestamp"] = int(parse_iso(attributes["datetime"]).timestamp())
         with self.lock:
             seq = self.next_seq(kind.table)
             id_ = id or make_id(kind.id_style, account, type_, seq, next(self._id_counter), now.timestamp())
