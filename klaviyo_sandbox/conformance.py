@@ -25,8 +25,9 @@ import threading
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import best_match
 
@@ -76,13 +77,29 @@ def _is_time(value: object) -> bool:
     return not isinstance(value, str) or bool(time.fromisoformat(value))
 
 
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$")
+
+
 @FORMAT_CHECKER.checks("uri", raises=ValueError)
 def _is_uri(value: object) -> bool:
-    if isinstance(value, str):
-        parts = urlsplit(value)
-        if not parts.scheme or not (parts.netloc or parts.path):
-            raise ValueError(f"{value!r} is not an absolute URI")
+    if isinstance(value, str) and not _URI.match(value):
+        raise ValueError(f"{value!r} is not an absolute URI")
     return True
+
+
+def _conforms(fmt: str) -> Callable[[str], bool]:
+    """A fast yes/no version of the format check (unknown formats always conform, as in jsonschema)."""
+    check = {"date-time": _is_datetime, "date": _is_date, "time": _is_time, "uri": _is_uri}.get(fmt)
+    if check is None:
+        return lambda value: True
+
+    def conforms(value: str) -> bool:
+        try:
+            return bool(check(value))
+        except ValueError:
+            return False
+
+    return conforms
 
 
 # --- OpenAPI 3.0 -> JSON Schema 2020-12 ---------------------------------------------------------
@@ -169,6 +186,97 @@ class _Translator:
         }
 
 
+# --- a fast yes/no check over the translated schemas (jsonschema explains only the failures) -----
+
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+class _FastCheck:
+    """Compiles the keyword subset the translated spec uses into closures; ``check(v) -> bool``.
+
+    Keywords: type, enum, format, properties, required, additionalProperties, maxProperties,
+    items, anyOf, allOf, $ref (into the translated ``components``).  Anything else makes
+    :meth:`compile` raise, so an unexpected keyword can never be silently ignored.
+    """
+
+    def __init__(self, root: dict[str, Any], sparse: bool = False):
+        self.root = root
+        self.sparse = sparse  # sparse fieldsets: attributes may omit "required" members
+        self.refs: dict[tuple[str, bool], Callable[[Any], bool]] = {}
+
+    def ref(self, ref: str, loose: bool) -> Callable[[Any], bool]:
+        key = (ref, loose)
+        if key not in self.refs:
+            cell: list[Callable[[Any], bool]] = []
+            self.refs[key] = lambda v: cell[0](v)  # recursion-safe placeholder
+            node: Any = self.root
+            for part in ref.lstrip("#/").split("/"):
+                node = node[part]
+            cell.append(self.compile(node, loose))
+        return self.refs[key]
+
+    def compile(self, schema: Any, loose: bool = False) -> Callable[[Any], bool]:
+        if schema is True or schema == {}:
+            return lambda v: True
+        if schema is False:
+            return lambda v: False
+        checks: list[Callable[[Any], bool]] = []
+        for key, value in schema.items():
+            if key == "$ref":
+                checks.append(self.ref(value, loose))
+            elif key == "type":
+                kinds = [_TYPES[t] for t in ([value] if isinstance(value, str) else value)]
+                checks.append(lambda v, kinds=kinds: any(k(v) for k in kinds))
+            elif key == "enum":
+                checks.append(lambda v, allowed=value: any(_same(v, a) for a in allowed))
+            elif key == "format":
+                checks.append(lambda v, ok=_conforms(value): not isinstance(v, str) or ok(v))
+            elif key == "properties":
+                props = {name: self.compile(sub, loose or (self.sparse and name == "attributes"))
+                         for name, sub in value.items()}
+                checks.append(lambda v, props=props: not isinstance(v, dict) or all(
+                    props[k](item) for k, item in v.items() if k in props))
+            elif key == "required":
+                if loose:
+                    continue
+                checks.append(lambda v, names=tuple(value): not isinstance(v, dict) or all(n in v for n in names))
+            elif key == "additionalProperties":
+                known = frozenset(schema.get("properties", ()))
+                extra = self.compile(value, loose)
+                checks.append(lambda v, known=known, extra=extra: not isinstance(v, dict) or all(
+                    extra(item) for k, item in v.items() if k not in known))
+            elif key == "maxProperties":
+                checks.append(lambda v, n=value: not isinstance(v, dict) or len(v) <= n)
+            elif key == "items":
+                item_check = self.compile(value, loose)
+                checks.append(lambda v, c=item_check: not isinstance(v, list) or all(c(i) for i in v))
+            elif key == "anyOf":
+                options = [self.compile(sub, loose) for sub in value]
+                checks.append(lambda v, options=options: any(o(v) for o in options))
+            elif key == "allOf":
+                parts = [self.compile(sub, loose) for sub in value]
+                checks.append(lambda v, parts=parts: all(p(v) for p in parts))
+            elif key in ("$schema", "components"):
+                continue
+            else:
+                raise ValueError(f"fast check does not know the keyword {key!r}")
+        if len(checks) == 1:
+            return checks[0]
+        return lambda v: all(c(v) for c in checks)
+
+
 def _media_schema(response: dict[str, Any]) -> dict[str, Any] | None:
     content = response.get("content") or {}
     media = content.get("application/vnd.api+json") or content.get("application/json")
@@ -187,6 +295,7 @@ class ResponseValidator:
         self._lock = threading.Lock()
         self._components: dict[str, Any] | None = None
         self._validators: dict[tuple[str, str], tuple[Draft202012Validator | None, str]] = {}
+        self._fast: dict[tuple[str, str], Callable[[Any], bool]] = {}
 
     @property
     def components(self) -> dict[str, Any]:
@@ -207,10 +316,14 @@ class ResponseValidator:
             raise UnknownOperation(f"no spec operation for {method.upper()} {path}")
         return found
 
+    def _status_key(self, operation: Operation, status: int) -> str | None:
+        responses = self.spec.document["paths"][operation.path][operation.method.lower()]["responses"]
+        return next((k for k in (str(status), f"{status // 100}XX", "default") if k in responses), None)
+
     def _validator(self, operation: Operation, status: int) -> tuple[Draft202012Validator | None, str]:
         """(validator or None when the status has no body, name of the schema) for a response status."""
         responses = self.spec.document["paths"][operation.path][operation.method.lower()]["responses"]
-        key = next((k for k in (str(status), f"{status // 100}XX", "default") if k in responses), None)
+        key = self._status_key(operation, status)
         if key is None:
             raise ConformanceError(
                 f"{operation.method} {operation.path} ({operation.operation_id}) documents no response "
@@ -235,6 +348,8 @@ class ResponseValidator:
         if schema is not None:
             root = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "components": self.components}
             validator = Draft202012Validator(root, format_checker=FORMAT_CHECKER)
+            self._fast[cache_key] = _FastCheck(root).compile(root)
+            self._fast[(*cache_key, "sparse")] = _FastCheck(root, sparse=True).compile(root)
         self._validators[cache_key] = (validator, name)
         return validator, name
 
@@ -249,13 +364,12 @@ class ResponseValidator:
         operation, _ = self.operation_for(method, url_path)
         where = f"{method.upper()} {urlsplit(url_path).path} -> {status} ({operation.operation_id})"
         if isinstance(body, (bytes, bytearray, str)):
-            text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
-            if not text.strip():
+            if not body.strip():
                 body = None
             else:
                 try:
-                    body = json.loads(text)
-                except ValueError as exc:
+                    body = orjson.loads(body)
+                except orjson.JSONDecodeError as exc:
                     raise ConformanceError(f"{where}: body is not JSON ({exc})") from None
         validator, name = self._validator(operation, status)
         if validator is None:
@@ -264,8 +378,17 @@ class ResponseValidator:
             return
         if body is None:
             raise ConformanceError(f"{where}: expected a JSON body matching {name}, got none")
+        # a sparse fieldset (fields[type]=...) legitimately omits required attributes
+        sparse = "fields[" in unquote(urlsplit(url_path).query)
+        key = (operation.operation_id, self._status_key(operation, status))
+        fast = self._fast.get((*key, "sparse") if sparse else key)
+        if fast is not None and fast(body):
+            return
         errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.path), e.json_path))
         explained = [(e.json_path, _trim(e.message)) for e in map(_explain, errors)]
+        if sparse:
+            explained = [(path, message) for path, message in explained
+                         if not (".attributes" in path and message.endswith("is a required property"))]
         if tolerate is not None:
             explained = [(path, message) for path, message in explained
                          if not tolerate(operation.operation_id, path, message)]
@@ -385,7 +508,18 @@ class KnownDrift:
 
 
 # Keep this list short and owned: every entry is a bug to fix, excused only so CI stays green meanwhile.
-KNOWN_DRIFT: list[KnownDrift] = []
+KNOWN_DRIFT: list[KnownDrift] = [
+    KnownDrift(r"(?!get_profiles$|get_profile$).*", r"\.relationships$", r"'conversations' was unexpected",
+               "profile relationship 'conversations' exists only on get_profiles/get_profile; "
+               "envelopes.relationship_shapes serves it on every profile (H1)"),
+    KnownDrift(r".*", r"\.attributes$", r"'joined_group_at' was unexpected",
+               "joined_group_at is only a list/segment-member attribute; reads.fetch_rows adds it on every "
+               "links-joined read (profile lists/segments, item categories ...) (H1/H6)"),
+    KnownDrift(r"get_profiles_for_(list|segment)", r"\.attributes$", r"'joined_group_at' is a required property",
+               "list/segment members must carry joined_group_at (reads.py, H1/H6 work in progress)"),
+    KnownDrift(r".*", r"\.attributes$", r"'name' was unexpected",
+               "flow-message attribute 'name' is not in the 2026-07-15 schema (generator, H1)"),
+]
 
 
 def tolerated(operation_id: str, json_path: str, message: str) -> bool:
@@ -426,10 +560,11 @@ DRIFT = DriftCollector()
 class ConformanceMiddleware:
     """WSGI middleware validating every response under ``/api/`` against the spec.
 
-    The response streams through untouched (faults such as dropped connections keep their exact
-    behaviour); once it has been sent, its body is validated.  Drift is logged and added to
-    ``collector`` (default: the process-wide :data:`DRIFT` that the pytest plugin checks).
-    Deliberately truncated bodies (``drop`` faults) are not judged.
+    The body is validated before it is handed to the server, so by the time a client has the
+    response any drift is already recorded.  Drift never changes the body: it is logged, added to
+    ``collector`` (default: the process-wide :data:`DRIFT` that the pytest plugin checks) and
+    flagged with an ``X-Sandbox-Conformance: drift`` header.  Responses the fault injector drops
+    on purpose (``Connection: close``) stream through unjudged.
     """
 
     def __init__(self, app: Any, validator: ResponseValidator | None = None, collector: DriftCollector | None = None):
@@ -442,22 +577,27 @@ class ConformanceMiddleware:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         if not path.startswith("/api/") or method == "HEAD":
             return self.app(environ, start_response)
-        seen: dict[str, Any] = {}
+        seen: dict[str, Any] = {"written": []}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            seen["status"], seen["headers"] = status, headers
-            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+            seen.update(status=status, headers=list(headers), exc_info=exc_info)
+            return seen["written"].append
 
         result = self.app(environ, capture)
-        return _Tee(result, lambda body: self._finished(method, path, seen, body))
-
-    def _finished(self, method: str, path: str, seen: dict[str, Any], body: bytes) -> None:
-        if "status" not in seen:
-            return
-        length = next((v for k, v in seen["headers"] if k.lower() == "content-length"), None)
-        if length is not None and length.isdigit() and int(length) != len(body):
-            return  # a deliberately dropped response
-        self.check(method, path, int(seen["status"].split(" ", 1)[0]), body)
+        if any(k.lower() == "connection" and v.lower() == "close" for k, v in seen["headers"]):
+            start_response(seen["status"], seen["headers"])  # a deliberately dropped response
+            return result
+        try:
+            body = b"".join([*seen["written"], *result])
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        headers = seen["headers"]
+        query = environ.get("QUERY_STRING", "")
+        if self.check(method, f"{path}?{query}" if query else path, int(seen["status"].split(" ", 1)[0]), body):
+            headers.append(("X-Sandbox-Conformance", "drift"))
+        start_response(seen["status"], headers, seen["exc_info"]) if seen["exc_info"] else start_response(seen["status"], headers)
+        return [body]
 
     def check(self, method: str, path: str, status: int, body: bytes) -> str | None:
         """Validate one response; returns (and records) the drift message, if any."""
@@ -471,30 +611,6 @@ class ConformanceMiddleware:
             self.collector.record(message)
             return message
         return None
-
-
-class _Tee:
-    """Iterates a WSGI response while keeping a copy; calls ``done(body)`` after a complete iteration."""
-
-    def __init__(self, result: Any, done: Callable[[bytes], None]):
-        self._result = result
-        self._done = done
-        self._chunks: list[bytes] = []
-        self._complete = False
-
-    def __iter__(self):
-        for chunk in self._result:
-            self._chunks.append(chunk)
-            yield chunk
-        self._complete = True
-
-    def close(self) -> None:
-        try:
-            if hasattr(self._result, "close"):
-                self._result.close()
-        finally:
-            if self._complete:
-                self._done(b"".join(self._chunks))
 
 
 def attach(sandbox: Any) -> None:

@@ -47,8 +47,10 @@ class Sandbox:
     def __init__(self, seed: int = 0, accounts: int = 1, profiles: int = 300, events: int = 3000,
                  rate_limits: bool = True, rate_limit_scale: float = 1.0, faults: Any = None,
                  api_key: str | None = None, store_path: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 now: dt.datetime | None = None, maton_api_key: str = MATON_API_KEY):
+                 now: dt.datetime | None = None, maton_api_key: str = MATON_API_KEY,
+                 validate_responses: bool | None = None):
         self.seed = seed
+        self.validate_responses = validate_responses  # None: KLAVIYO_SANDBOX_VALIDATE decides (see conformance.py)
         self.host = host
         self.port = port
         self.clock = Clock(frozen=now)
@@ -86,7 +88,7 @@ class Sandbox:
         """Let sibling modules (write endpoints, gateway, control API, reports) register themselves."""
         import importlib
 
-        for name in ("writes", "gateway", "control", "reports"):
+        for name in ("writes", "gateway", "control", "reports", "conformance"):
             try:
                 module = importlib.import_module(f"klaviyo_sandbox.{name}")
             except ModuleNotFoundError as exc:

@@ -105,17 +105,30 @@ def test_middleware_records_drift_without_changing_the_response():
     def call(wrapped):
         seen = {}
         result = wrapped({"PATH_INFO": "/api/lists", "REQUEST_METHOD": "GET"},
-                         lambda status, headers, exc=None: seen.update(status=status))
-        body = b"".join(result)
-        result.close()  # what a WSGI server does after sending
-        return seen["status"], body
+                         lambda status, headers, exc=None: seen.update(status=status, headers=dict(headers)))
+        return seen["status"], b"".join(result), seen["headers"].get("X-Sandbox-Conformance")
 
     collector = DriftCollector()
     wrapped = ConformanceMiddleware(app, collector=collector)
-    assert call(wrapped) == ("200 OK", served["body"])
+    assert call(wrapped) == ("200 OK", served["body"], "drift")
     drift = collector.drain()
     assert len(drift) == 1 and "$.data[0].attributes.name" in drift[0]
     assert collector.drain() == []
 
     served["body"] = b'{"data": [], "links": {"self": "http://x/api/lists/"}}'
-    assert call(wrapped) == ("200 OK", served["body"]) and collector.drain() == []
+    assert call(wrapped) == ("200 OK", served["body"], None) and collector.drain() == []
+
+
+def test_sparse_fieldsets_may_omit_required_attributes_but_nothing_else():
+    sparse = {"data": [{"type": "campaign", "id": "01C", "attributes": {"name": "Spring"},
+                        "links": {"self": "https://a.klaviyo.com/api/campaigns/01C/"}}],
+              "links": {"self": "https://a.klaviyo.com/api/campaigns/"}}
+    with pytest.raises(ConformanceError, match="'status' is a required property"):
+        validate_response("GET", "/api/campaigns", 200, sparse)
+    validate_response("GET", "/api/campaigns?fields%5Bcampaign%5D=name", 200, sparse)
+    sparse["data"][0]["attributes"]["name"] = 7
+    with pytest.raises(ConformanceError, match="attributes.name: 7 is not of type"):
+        validate_response("GET", "/api/campaigns?fields[campaign]=name", 200, sparse)
+    del sparse["data"][0]["id"]
+    with pytest.raises(ConformanceError, match="'id' is a required property"):
+        validate_response("GET", "/api/campaigns?fields[campaign]=name", 200, sparse)
