@@ -56,6 +56,49 @@ def relationship_shapes(spec: Spec, type_: str) -> tuple[tuple[str, bool], ...]:
     return tuple(shapes)
 
 
+def _object_properties(spec: Spec, schema: dict[str, Any]) -> dict[str, Any]:
+    """Properties of a resource-object schema, merging ``allOf`` parts."""
+    schema = spec.schema(schema)
+    props = dict(schema.get("properties", {}))
+    for part in schema.get("allOf", []):
+        props.update(_object_properties(spec, part))
+    return props
+
+
+def _type_of(spec: Spec, props: dict[str, Any]) -> str | None:
+    enum = spec.schema(props.get("type", {})).get("enum") or []
+    return enum[0] if enum else None
+
+
+def _shapes(spec: Spec, props: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
+    rels = _object_properties(spec, props.get("relationships", {}))
+    shapes = []
+    for name, rel in rels.items():
+        rel_data = spec.schema(_object_properties(spec, rel).get("data", {}))
+        shapes.append((name, rel_data.get("type") == "array"))
+    return tuple(shapes)
+
+
+@functools.lru_cache(maxsize=None)
+def operation_shapes(spec: Spec, method: str, path: str, type_: str) -> tuple[tuple[str, bool], ...] | None:
+    """Relationship shapes of ``type_`` objects in one operation's 200 body (primary or included)."""
+    try:
+        op = spec.operation(method, path)
+    except KeyError:
+        return None
+    body = _object_properties(spec, op.response_schemas.get("200", {}))
+    candidates = []
+    data = spec.schema(body.get("data", {}))
+    candidates.append(spec.schema(data.get("items", {})) if data.get("type") == "array" else data)
+    included = spec.schema(body.get("included", {}))
+    candidates += spec.schema(included.get("items", {})).get("oneOf", []) if included else []
+    for candidate in candidates:
+        props = _object_properties(spec, candidate)
+        if _type_of(spec, props) == type_:
+            return _shapes(spec, props)
+    return None
+
+
 def pick_fields(attributes: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
     """Sparse fieldset: keep only ``fields`` (dotted names reach into nested objects)."""
     out: dict[str, Any] = {}
@@ -80,10 +123,19 @@ def pick_fields(attributes: dict[str, Any], fields: Iterable[str]) -> dict[str, 
 class Serializer:
     """Builds resource objects for one request (knows the base URL for links)."""
 
-    def __init__(self, spec: Spec, base: str):
+    def __init__(self, spec: Spec, base: str, operation: tuple[str, str] | None = None):
         self.spec = spec
+        self.operation = operation  # (method, spec path): relationship shapes follow its response schema
         self.base = base  # e.g. "http://127.0.0.1:5000" (+ "/klaviyo" behind the gateway)
         self._templates: dict[tuple, Any] = {}
+
+    def shapes(self, type_: str) -> tuple[tuple[str, bool], ...]:
+        """(name, is_to_many) relationships a ``type_`` object carries in this operation's answer."""
+        if self.operation is not None:
+            found = operation_shapes(self.spec, self.operation[0], self.operation[1], type_)
+            if found is not None:
+                return found
+        return relationship_shapes(self.spec, type_)
 
     def self_link(self, kind: Kind, id_: str) -> str:
         return f"{self.base}/api/{kind.collection}/{url_id(id_)}/"
@@ -110,7 +162,7 @@ class Serializer:
             head += ',"attributes":%(attrs)s'
         rel_parts = []
         to_one = list(kind.to_one)
-        for name, is_many in relationship_shapes(self.spec, kind.type):
+        for name, is_many in self.shapes(kind.type):
             piece = jstr(name) + ":{"
             if not is_many and name in kind.to_one:
                 piece += "%(" + f"rel{to_one.index(name)}" + ")s"
@@ -168,7 +220,7 @@ class Serializer:
         parts = [f'{{"type":{jstr(kind.type)},"id":{jstr(id_)}']
         if kind.has_attributes:
             parts.append(f',"attributes":{attrs}')
-        shapes = relationship_shapes(self.spec, kind.type)
+        shapes = self.shapes(kind.type)
         if shapes:
             rels = []
             for name, is_many in shapes:

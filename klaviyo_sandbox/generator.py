@@ -261,7 +261,7 @@ class Generator:
                 if is_send:
                     flow_messages.append({"id": mid("flow-message", n * 10 + a),
                                           "relationships": {"flow-action": aid, "template": template_ids[(n + a) % 6]},
-                                          "attributes": {"name": f"{name} email {a + 1}", "channel": "email",
+                                          "attributes": {"channel": "email",
                                                          "created": iso(created), "updated": iso(when(created)),
                                                          "definition": None}})
         store.bulk_insert(acct, "flow", flows, inserted_at=two_years)

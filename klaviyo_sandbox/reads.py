@@ -383,7 +383,7 @@ def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, condit
     inner += [f"t.{extra_column(x)} AS {extra_column(x)}" for x in options.additional]
     inner.append(f"{sort_expr} AS _sort")
     attrs = "p.attrs"
-    if source.joined:  # membership endpoints serve the member's joined_group_at as an attribute (H6)
+    if source.joined and kind.type == "profile":  # list/segment members carry joined_group_at (H6)
         inner.append("l.joined_at AS _joined_at")
         attrs = ("json_merge_patch(p.attrs, json_object('joined_group_at', "
                  "strftime(p._joined_at, '%Y-%m-%dT%H:%M:%S+00:00')))::VARCHAR")
@@ -485,7 +485,7 @@ def collection_response(ctx: RequestContext, source: Source):
     limit = page_size(ctx)
     conditions = filters(ctx)
     sort = sort_spec(ctx)
-    ser = Serializer(ctx.spec, ctx.link_base)
+    ser = Serializer(ctx.spec, ctx.link_base, (ctx.op.method, ctx.op.path))
     rows, next_cursor = fetch_rows(ctx, source, options, conditions, sort, limit)
     included, many_data = included_for(ctx, ser, kind, rows, options)
     items = serialize_rows(ctx, ser, kind, rows, options, many_data)
@@ -509,7 +509,7 @@ def _fetch_one(ctx: RequestContext, kind: Kind, id_: str, options: ReadOptions) 
 def single_response(ctx: RequestContext, kind: Kind, id_: str):
     options = read_options(ctx, kind)
     row = _fetch_one(ctx, kind, id_, options)
-    ser = Serializer(ctx.spec, ctx.link_base)
+    ser = Serializer(ctx.spec, ctx.link_base, (ctx.op.method, ctx.op.path))
     included, many_data = included_for(ctx, ser, kind, [row], options)
     item = serialize_rows(ctx, ser, kind, [row], options, many_data)[0]
     links = {"self": page_url(ctx.link_base, ctx.request.path, list(ctx.args.items(multi=True)), None)}

@@ -172,7 +172,7 @@ KINDS: dict[str, Kind] = {
                       "created": _ts("created"), "updated": _ts("updated")},
              to_one={"flow": "flow"}, updated_attr="updated", created_attr="created", id_style="digits"),
         Kind("flow-message", "flow_messages", "flow-messages",
-             columns={"name": _s("name"), "channel": _s("channel"), "created": _ts("created"), "updated": _ts("updated")},
+             columns={"channel": _s("channel"), "created": _ts("created"), "updated": _ts("updated")},
              to_one={"flow-action": "flow-action", "template": "template"},
              updated_attr="updated", created_attr="created"),
         Kind("template", "templates", "templates",
