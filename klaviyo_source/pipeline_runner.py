@@ -77,9 +77,16 @@ def parse_date(value: str | None, option: str) -> datetime | None:
         parsed = None
     if not isinstance(parsed, datetime):
         raise UsageError(f"{option}: '{value}' is not a date; use YYYY-MM-DD or ISO 8601 like 2024-01-31T00:00:00Z")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    return plain_utc(parsed)
+
+
+def plain_utc(value: datetime) -> datetime:
+    """An aware UTC ``datetime.datetime`` (not a pendulum subclass); naive input is taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    value = value.astimezone(timezone.utc)
+    return datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                    value.microsecond, tzinfo=timezone.utc)
 
 
 def make_destination(name: str, duckdb_path: str | None = None, pipeline_name: str = DEFAULT_PIPELINE_NAME) -> Any:

@@ -43,6 +43,7 @@ from klaviyo_source.pipeline_runner import (
     DEFAULT_DATASET_NAME,
     SyncOptions,
     make_destination,
+    plain_utc,
 )
 from klaviyo_source.streams import STREAMS
 
@@ -108,6 +109,7 @@ def extraction_window() -> tuple[datetime | None, datetime | None]:
 
     context = get_current_context()
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    start, end = (plain_utc(v) if v is not None else None for v in (start, end))
     now = datetime.now(timezone.utc)
     if end is not None and end > now:
         end = now
