@@ -283,7 +283,7 @@ def page_url(base: str, path: str, args: list[tuple[str, str]], cursor: str | No
     if cursor is not None:
         kept.append(("page[cursor]", cursor))
     query = urlencode(kept, safe="[],:'()$@")
-    return f"{base}{path}" + (f"?{query}" if query else "")
+    return f"{base}{quote(path, safe='/$:@-_.~')}" + (f"?{query}" if query else "")
 
 
 def collection_body(items: list[str], links: dict[str, str], included: list[str] | None = None) -> bytes:
