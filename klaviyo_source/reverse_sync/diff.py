@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from .mapping import IDENTIFIERS, ReverseSyncConfig
@@ -129,46 +130,48 @@ def prepare_sql(config: ReverseSyncConfig, schema: pa.Schema) -> tuple[str, list
                   f"THEN 'profile payload is ' || strlen(__payload) || ' bytes; Klaviyo accepts up to {MAX_PROFILE_BYTES}'")
     raw_excluded = "".join(f", __raw_{a}" for a in ("latitude", "longitude") if f"location.{a}" in config.columns)
     struct = ", ".join(f"{q(f)} := {q(f)}" for f in fields)
+    consent_key = "concat_ws(',', " + ", ".join(consent_parts) + ")" if consent_parts else "CAST(NULL AS VARCHAR)"
+    # nested subqueries, not CTEs: DuckDB pipelines them without materialising wide intermediates
     sql = f"""
-    WITH mapped AS (
-        SELECT row_number() OVER () AS __row, {', '.join(selects)}, to_json(src) AS __source
-        FROM src
-    ), keyed AS (
-        SELECT *,
-            coalesce({', '.join(identity_parts)}) AS __identity,
-            CAST(to_json(struct_pack({struct}, __json := __props_json)) AS VARCHAR) AS __payload,
-            concat_ws(',', {present or "NULL"}) AS __present_named,
-            {"concat_ws(',', " + ", ".join(consent_parts) + ")" if consent_parts else "CAST(NULL AS VARCHAR)"} AS __consent_key
-        FROM mapped
-    ), checked AS (
-        SELECT *, CASE {' '.join(checks)} END AS __reason FROM keyed
-    )
-    SELECT * EXCLUDE (__present_named, __consent_key{raw_excluded}),
+    SELECT * EXCLUDE (__payload, __present_named, __consent_key{raw_excluded}),
         md5(__payload) AS __hash,
         CASE WHEN __reason IS NULL AND __props_json IS NOT NULL
              THEN concat_ws(',', nullif(__present_named, ''), nullif(array_to_string({props_keys}, ','), ''))
              ELSE __present_named END AS __present,
         CASE WHEN nullif(__consent_key, '') IS NOT NULL THEN md5(__consent_key) END AS __consent_hash
-    FROM checked
+    FROM (
+        SELECT *, CASE {' '.join(checks)} END AS __reason
+        FROM (
+            SELECT *,
+                coalesce({', '.join(identity_parts)}) AS __identity,
+                CAST(to_json(struct_pack({struct}, __json := __props_json)) AS VARCHAR) AS __payload,
+                concat_ws(',', {present or "NULL"}) AS __present_named,
+                {consent_key} AS __consent_key
+            FROM (SELECT __row, {', '.join(selects)} FROM src) AS mapped
+        ) AS keyed
+    ) AS checked
     """
     return sql, fields
 
 
 def plan(config: ReverseSyncConfig, rows: pa.Table, state: pa.Table, list_id: str | None = None) -> Plan:
-    """Validate, hash and diff the audience against the sync's state (one in-memory DuckDB pass)."""
+    """Validate, hash and diff the audience against the sync's state (in-memory DuckDB over Arrow)."""
     con = duckdb.connect()
     try:
-        con.register("src", rows)
+        con.register("src", rows.append_column("__row", pa.array(range(rows.num_rows), pa.int64())))
         con.register("state", state if state.num_rows or state.column_names else empty_state())
         sql, fields = prepare_sql(config, rows.schema)
         con.execute(f"CREATE TEMP TABLE prep AS {sql}")
-        # a second row with the same identity would overwrite the first in Klaviyo: reject it
-        con.execute("""
-            UPDATE prep SET __reason = 'duplicate identity ' || __identity || ' (first seen at row ' || d.first_row || ')'
-            FROM (SELECT __identity AS ident, min(__row) AS first_row FROM prep
-                  WHERE __reason IS NULL GROUP BY 1 HAVING count(*) > 1) d
-            WHERE prep.__identity = d.ident AND prep.__row > d.first_row AND prep.__reason IS NULL
-        """)
+        duplicates = con.sql("SELECT count(*) FROM (SELECT __identity FROM prep WHERE __reason IS NULL "
+                             "GROUP BY 1 HAVING count(*) > 1)").fetchall()[0][0]
+        if duplicates:
+            # a second row with the same identity would overwrite the first in Klaviyo: reject it
+            con.execute("""
+                UPDATE prep SET __reason = 'duplicate identity ' || __identity || ' (first seen at row ' || d.first_row + 1 || ')'
+                FROM (SELECT __identity AS ident, min(__row) AS first_row FROM prep
+                      WHERE __reason IS NULL GROUP BY 1 HAVING count(*) > 1) d
+                WHERE prep.__identity = d.ident AND prep.__row > d.first_row AND prep.__reason IS NULL
+            """).fetchall()
         target = config.list
         if target is None:
             member = "false"
@@ -179,28 +182,38 @@ def plan(config: ReverseSyncConfig, rows: pa.Table, state: pa.Table, list_id: st
             member = f"coalesce(s.in_list AND ({same_list}), false)"
             needs_list = f"NOT {member}"
         con.execute(f"""
-            CREATE TEMP TABLE diffed AS
+            CREATE TEMP VIEW diffed AS
             SELECT p.*,
                 s.identity_key IS NULL AS __is_new,
                 s.profile_hash IS DISTINCT FROM p.__hash AS __changed,
-                list_filter(string_split(coalesce(s.present_fields, ''), ','),
-                            lambda f: f <> '' AND NOT list_contains(string_split(coalesce(p.__present, ''), ','), f)) AS __cleared,
+                CASE WHEN coalesce(s.present_fields, '') NOT IN ('', coalesce(p.__present, ''))
+                     THEN list_filter(string_split(s.present_fields, ','),
+                                      lambda f: f <> '' AND NOT list_contains(string_split(coalesce(p.__present, ''), ','), f))
+                     ELSE []::VARCHAR[] END AS __cleared,
                 {needs_list} AS __needs_list,
-                {member} AS __was_member,
                 p.__consent_hash IS NOT NULL AND p.__consent_hash IS DISTINCT FROM s.consent_hash AS __needs_consent,
                 s.profile_id AS __profile_id, s.profile_hash AS __prev_hash, s.present_fields AS __prev_present,
                 s.consent_hash AS __prev_consent_hash, s.in_list AS __prev_in_list,
                 s.list_id AS __prev_list_id, s.list_name AS __prev_list_name
             FROM prep p LEFT JOIN state s ON s.identity_key = p.__identity
             WHERE p.__reason IS NULL
-        """)
-        rejected = con.sql("SELECT __identity AS identity_key, __reason AS reason, __source AS row_json "
-                           "FROM prep WHERE __reason IS NOT NULL ORDER BY __row").to_arrow_table()
-        upserts = con.sql("SELECT * FROM diffed WHERE __changed OR __needs_list ORDER BY __row").to_arrow_table()
-        clears = con.sql("SELECT count(*) FROM diffed WHERE len(__cleared) > 0").fetchall()[0][0]
-        consents = con.sql("SELECT * FROM diffed WHERE __needs_consent ORDER BY __row").to_arrow_table()
-        unchanged = con.sql("SELECT count(*) FROM diffed WHERE NOT (__changed OR __needs_list OR __needs_consent)"
-                            ).fetchall()[0][0]
+        """).fetchall()
+        rejected_rows = con.sql("SELECT __row, __identity, __reason FROM prep WHERE __reason IS NOT NULL "
+                                "ORDER BY __row").fetchall()
+        source_rows = rows.take(pa.array([r[0] for r in rejected_rows], pa.int64())).to_pylist() if rejected_rows else []
+        rejected = pa.table({
+            "identity_key": pa.array([r[1] for r in rejected_rows], pa.string()),
+            "reason": pa.array([r[2] for r in rejected_rows], pa.string()),
+            "row_json": pa.array([orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+                                  for row in source_rows], pa.string()),
+        })
+        con.execute("CREATE TEMP TABLE decided AS SELECT * FROM diffed "
+                    "WHERE __changed OR __needs_list OR __needs_consent").fetchall()
+        upserts = con.sql("SELECT * FROM decided WHERE __changed OR __needs_list ORDER BY __row").to_arrow_table()
+        consents = con.sql("SELECT * FROM decided WHERE __needs_consent ORDER BY __row").to_arrow_table()
+        clears, decided = con.sql("SELECT count(*) FILTER (WHERE len(__cleared) > 0), count(*) FROM decided"
+                                  ).fetchall()[0]
+        valid = con.sql("SELECT count(*) FROM prep WHERE __reason IS NULL").fetchall()[0][0]
         departed = empty_state()
         if target is not None and target.mode == "mirror":
             departed = con.sql(f"""
@@ -210,6 +223,6 @@ def plan(config: ReverseSyncConfig, rows: pa.Table, state: pa.Table, list_id: st
                 ORDER BY s.identity_key
             """).to_arrow_table()
         return Plan(read=rows.num_rows, rejected=rejected, upserts=upserts, clears=clears, consents=consents,
-                    departed=departed, unchanged=unchanged, fields=fields)
+                    departed=departed, unchanged=valid - decided, fields=fields)
     finally:
         con.close()

@@ -231,6 +231,8 @@ class _Pusher:
                     for r in rows]
         encoded = [orjson.dumps(p) for p in profiles]
         list_target = self.config.list
+        # identities new to this sync but already extracted from Klaviyo are updates, and their ids are known
+        known = self._ids_from_warehouse([r["__identity"] for r in rows if r["__is_new"]])
         for number, (start, end) in enumerate(batches(encoded, self.config.batch_size, self.config.max_batch_bytes)):
             job_id, failures = self.writer.bulk_import(profiles[start:end], self.list_id if list_target else None)
             self.report.jobs += 1
@@ -242,6 +244,8 @@ class _Pusher:
                     continue
                 next_state = self._base(row)
                 next_state.update(profile_hash=row["__hash"], present_fields=row["__present"], job_id=job_id)
+                if not next_state.get("profile_id") and row["__identity"] in known:
+                    next_state["profile_id"] = known[row["__identity"]]
                 if list_target:
                     next_state.update(list_id=self.list_id, list_name=list_target.name, in_list=True)
                     self.report.added_to_list += int(bool(row["__needs_list"]))
@@ -259,7 +263,7 @@ class _Pusher:
                     self.report.cleared += 1
                 saved.append(next_state)
                 if row["__changed"]:
-                    if row["__is_new"]:
+                    if row["__is_new"] and row["__identity"] not in known:
                         self.report.created += 1
                     else:
                         self.report.updated += 1
@@ -323,22 +327,34 @@ class _Pusher:
 
     def _resolve_ids(self, rows: list[dict[str, Any]]) -> dict[str, str]:
         """identity key -> Klaviyo profile id: the extracted ``profiles`` table first, then the API."""
+        found = self._ids_from_warehouse([row["identity_key"] for row in rows])
         wanted: dict[str, dict[str, str]] = {}
         for row in rows:
-            kind, _, value = row["identity_key"].partition(":")
-            wanted.setdefault(kind, {})[value] = row["identity_key"]
-        found: dict[str, str] = {}
-        columns = self.warehouse.table_columns("profiles")
+            if row["identity_key"] not in found:
+                kind, _, value = row["identity_key"].partition(":")
+                wanted.setdefault(kind, {})[value] = row["identity_key"]
         for kind, values in wanted.items():
-            if "id" in columns and kind in columns and kind in IDENTIFIERS:
-                table = self.warehouse.read_arrow(f'select id, "{kind}" from profiles where "{kind}" is not null')
-                for pid, value in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
-                    key = value.lower() if kind == "email" else value
-                    if key in values:
-                        found.setdefault(values[key], pid)
-            missing = [v for v, identity in values.items() if identity not in found]
-            if missing:
-                for value, pid in self.writer.lookup_profile_ids(kind, missing).items():
-                    if value in values:
-                        found.setdefault(values[value], pid)
+            for value, pid in self.writer.lookup_profile_ids(kind, list(values)).items():
+                if value in values:
+                    found.setdefault(values[value], pid)
+        return found
+
+    def _ids_from_warehouse(self, identities: list[str]) -> dict[str, str]:
+        """identity key -> profile id, from the ``profiles`` table the extraction loaded (if any)."""
+        if not identities:
+            return {}
+        columns = self.warehouse.table_columns("profiles")
+        wanted: dict[str, dict[str, str]] = {}
+        for identity in identities:
+            kind, _, value = identity.partition(":")
+            wanted.setdefault(kind, {})[value] = identity
+        found: dict[str, str] = {}
+        for kind, values in wanted.items():
+            if "id" not in columns or kind not in columns or kind not in IDENTIFIERS:
+                continue
+            table = self.warehouse.read_arrow(f'select id, "{kind}" from profiles where "{kind}" is not null')
+            for pid, value in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
+                identity = values.get(value.strip().lower() if kind == "email" else value)
+                if identity is not None:
+                    found.setdefault(identity, pid)
         return found

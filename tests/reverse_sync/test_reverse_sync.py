@@ -274,3 +274,47 @@ def test_state_and_rejects_tables_live_in_the_destination(warehouse, load, sandb
     tables = Warehouse(destination, dataset, pipelines_dir=pipelines_dir + "_t").table_columns_map()
     assert STATE_TABLE in tables and REJECTS_TABLE in tables
     assert {"identity_key", "profile_hash", "in_list", "list_id"} <= set(tables[STATE_TABLE])
+
+
+def test_round_trip_extract_audience_reverse_sync_extract(warehouse, sandbox, client):
+    """Extract with the Klaviyo source, build an audience in SQL, reverse-sync it, extract again."""
+    import json
+
+    import dlt
+
+    from klaviyo_source import klaviyo_source
+
+    sb, counter = sandbox
+    destination, dataset, pipelines_dir = warehouse
+    extraction = dlt.pipeline("rs_round_trip", destination=destination, dataset_name=dataset,
+                              pipelines_dir=pipelines_dir + "_extract")
+    file_format = "parquet" if destination.destination_type.endswith("duckdb") else "csv"
+
+    def extract():
+        source = klaviyo_source(api_key=sb.api_key, base_url=sb.base_url, resources=["profiles"], pacing=False)
+        extraction.run(source, loader_file_format=file_format).raise_on_failed_jobs()
+
+    extract()
+    audience_sql = ("select email, upper(first_name) as first_name, 'round-trip' as segment from profiles "
+                    "where email is not null order by email limit 8")
+    cfg = config(table=None, query=audience_sql, properties={"segment": "segment"},
+                 list={"name": "Round trip", "create": True, "mode": "mirror"})
+    report = run(warehouse, client, cfg)
+    assert (report.read, report.sent, report.updated, report.added_to_list) == (8, 8, 8, 8)
+
+    extract()  # incremental: picks up the profiles the reverse sync just updated
+    reader = Warehouse(destination, dataset, pipelines_dir=pipelines_dir + "_read")
+    loaded = reader.read_arrow("select email, first_name, properties from profiles where email is not null "
+                               "order by email").to_pylist()
+    tagged = [r for r in loaded if (json.loads(r["properties"]) if isinstance(r["properties"], str)
+                                    else (r["properties"] or {})).get("segment") == "round-trip"]
+    assert [r["email"] for r in tagged] == [r["email"] for r in loaded[:8]]
+    assert all(r["first_name"] == r["first_name"].upper() for r in tagged if r["first_name"])
+    assert member_emails(client, report.list_id) == [r["email"] for r in loaded[:8]]
+
+    # mirror removal resolves Klaviyo ids from the extracted profiles table: no profile lookups
+    cfg["query"] = audience_sql.replace("limit 8", "limit 5")
+    counter.reset()
+    smaller = run(warehouse, client, cfg)
+    assert smaller.removed_from_list == 3 and counter.total("GET", "/api/profiles") == 0
+    assert member_emails(client, report.list_id) == [r["email"] for r in loaded[:5]]

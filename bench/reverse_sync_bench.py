@@ -1,0 +1,159 @@
+"""Reverse-sync benchmark (not a test): push N profiles into a list with the sandbox's real rate
+limits, and time the diff of M source rows.
+
+    .venv/bin/python bench/reverse_sync_bench.py                       # 100,000 push, 1,000,000 diff
+    .venv/bin/python bench/reverse_sync_bench.py --push 20000 --diff 200000
+
+Prints the measured figures next to the least time the rate limits allow for the requests made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PROVIDERS__ENABLE_AIRFLOW_SECRETS", "false")  # no Airflow Variable lookups
+
+import dlt  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from klaviyo_sandbox import Sandbox  # noqa: E402
+from klaviyo_sandbox.spec import load_spec  # noqa: E402
+from klaviyo_source.pacing import RateTier  # noqa: E402
+from klaviyo_source.reverse_sync import ReverseSyncConfig, make_client, reverse_sync  # noqa: E402
+from klaviyo_source.reverse_sync.diff import STATE_COLUMNS, plan  # noqa: E402
+
+
+def audience(n: int, offset: int = 0) -> pa.Table:
+    ids = pa.array(range(offset, offset + n), pa.int64())
+    return pa.table({
+        "email": pa.array([f"bench{i}@audience.test" for i in ids.to_pylist()]),
+        "first_name": pa.array([f"First{i}" for i in ids.to_pylist()]),
+        "city": pa.array(["Paris", "Lyon", "Nice", None] * (n // 4) + ["Paris"] * (n % 4)),
+        "ltv": pa.array([float(i % 1000) for i in ids.to_pylist()]),
+        "tier": pa.array(["gold" if i % 3 == 0 else "silver" for i in ids.to_pylist()]),
+    })
+
+
+CONFIG = {
+    "name": "bench",
+    "table": "audience",
+    "identifiers": {"email": "email"},
+    "attributes": {"first_name": "first_name", "location.city": "city"},
+    "properties": {"ltv": "ltv", "tier": "tier"},
+    "list": {"name": "Bench audience", "create": True, "mode": "add"},
+}
+
+
+def least_seconds(requests: dict[tuple[str, str], int], scale: float) -> float:
+    """The rate limits' floor: per endpoint, the least time its requests need; endpoints run one
+    after another in a reverse sync, so the floors add up."""
+    spec = load_spec()
+    total = 0.0
+    for (method, path), count in requests.items():
+        match = spec.match(method, path)
+        if match and match[0].rate_limit:
+            limit = match[0].rate_limit
+            total += RateTier(limit.burst_per_second, limit.steady_per_minute).min_seconds(count, scale)
+    return total
+
+
+class Counting:
+    def __init__(self, app):
+        self.app, self.seen = app, {}
+
+    def __call__(self, environ, start_response):
+        key = (environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
+        if key[1].startswith("/api/"):
+            self.seen[key] = self.seen.get(key, 0) + 1
+        return self.app(environ, start_response)
+
+    def __getattr__(self, name):
+        return getattr(self.app, name)
+
+
+def bench_push(n: int, workdir: Path, scale: float) -> None:
+    destination = dlt.destinations.duckdb(str(workdir / "bench.duckdb"))
+    loader = dlt.pipeline("bench_loader", destination=destination, dataset_name="bench_data",
+                          pipelines_dir=str(workdir / "loader"))
+    loader.run(audience(n), table_name="audience", loader_file_format="parquet").raise_on_failed_jobs()
+    sandbox = Sandbox(seed=3, profiles=10, events=0, rate_limits=True, rate_limit_scale=scale)
+    counter = Counting(sandbox.app)
+    sandbox.app = counter
+    with sandbox:
+        client = make_client(sandbox.api_key, sandbox.base_url, rate_limit_scale=scale)
+        started = time.monotonic()
+        report = reverse_sync(CONFIG, destination=destination, dataset_name="bench_data", client=client,
+                              pipelines_dir=str(workdir / "rs"))
+        elapsed = time.monotonic() - started
+        members = sandbox.store.execute(
+            "SELECT count(*) FROM memberships WHERE group_id = ?", [report.list_id]).fetchone()[0] \
+            if _has_memberships(sandbox) else None
+        floor = least_seconds(counter.seen, scale)
+        print(f"push {n} profiles into a list (rate limits on, scale {scale}): {elapsed:.1f}s "
+              f"({n / elapsed:,.0f} profiles/s); {report.jobs} bulk jobs, {sum(counter.seen.values())} requests; "
+              f"rate-limit floor for those requests {floor:.1f}s")
+        print(f"  report: sent {report.sent}, added {report.added_to_list}, rejected {report.rejected}; "
+              f"list members in sandbox store: {members}")
+        print("  requests: " + ", ".join(f"{m} {p.split('/api/')[1][:40]} x{c}" for (m, p), c in sorted(counter.seen.items())))
+        started = time.monotonic()
+        again = reverse_sync(CONFIG, destination=destination, dataset_name="bench_data", client=client,
+                             pipelines_dir=str(workdir / "rs"))
+        print(f"  unchanged rerun: {time.monotonic() - started:.1f}s, sent {again.sent}")
+
+
+def _has_memberships(sandbox) -> bool:
+    try:
+        sandbox.store.execute("SELECT 1 FROM memberships LIMIT 1").fetchone()
+        return True
+    except Exception:  # noqa: BLE001 - the store's table layout is the sandbox's business
+        return False
+
+
+def bench_diff(m: int) -> None:
+    config = ReverseSyncConfig.from_dict({**CONFIG, "table": "audience"})
+    rows = audience(m)
+    started = time.monotonic()
+    first = plan(config, rows, pa.table({k: pa.array([], t) for k, t in STATE_COLUMNS.items()}))
+    first_seconds = time.monotonic() - started
+    upserts = first.upserts
+    state = pa.table({
+        "sync_name": pa.array(["bench"] * upserts.num_rows), "identity_key": upserts.column("__identity"),
+        "profile_hash": upserts.column("__hash"), "present_fields": upserts.column("__present"),
+        "profile_id": pa.nulls(upserts.num_rows, pa.string()), "list_id": pa.nulls(upserts.num_rows, pa.string()),
+        "list_name": pa.array(["Bench audience"] * upserts.num_rows), "in_list": pa.array([True] * upserts.num_rows),
+        "consent_hash": pa.nulls(upserts.num_rows, pa.string()), "job_id": pa.nulls(upserts.num_rows, pa.string()),
+        "synced_at": pa.nulls(upserts.num_rows, pa.timestamp("us", tz="UTC")),
+    })
+    changed = rows.set_column(1, "first_name", pa.array(
+        [f"Changed{i}" if i % 100 == 0 else f"First{i}" for i in range(m)]))
+    started = time.monotonic()
+    second = plan(config, changed, state)
+    second_seconds = time.monotonic() - started
+    print(f"diff {m:,} rows: {first_seconds:.1f}s against empty state ({first.upserts.num_rows:,} to send); "
+          f"{second_seconds:.1f}s against {state.num_rows:,} state rows ({second.upserts.num_rows:,} changed, "
+          f"{second.unchanged:,} unchanged)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--push", type=int, default=100_000, help="profiles pushed into a list (0: skip)")
+    parser.add_argument("--diff", type=int, default=1_000_000, help="source rows diffed (0: skip)")
+    parser.add_argument("--rate-limit-scale", type=float, default=1.0, help="sandbox rate-limit window scale")
+    args = parser.parse_args(argv)
+    if args.diff:
+        bench_diff(args.diff)
+    if args.push:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_push(args.push, Path(tmp), args.rate_limit_scale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
