@@ -38,7 +38,7 @@ from werkzeug.wrappers import Request, Response
 from .control_client import ControlClient
 from .errors import ApiError
 from .ingest import metric_id_for, record_event
-from .store import KINDS, MEMBERS, parse_iso
+from .store import KINDS, parse_iso
 
 PREFIX = "/_sandbox"
 
@@ -318,4 +318,4 @@ def attach(sandbox: Any) -> None:
     sandbox.control = _LazyControl(sandbox)
 
 
-__all__ = ["ControlApp", "ControlClient", "attach", "MEMBERS"]
+__all__ = ["ControlApp", "ControlClient", "attach"]

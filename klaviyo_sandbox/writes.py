@@ -20,7 +20,7 @@ from werkzeug.wrappers import Response
 
 from .app import RequestContext
 from .conformance import default_validator, request_problems
-from .envelopes import Serializer, collection_body, decode_cursor, encode_cursor, jstr, page_url, pick_fields, single_body
+from .envelopes import Serializer, collection_body, decode_cursor, encode_cursor, jstr, page_url, pick_fields
 from .errors import ApiError, invalid, not_found
 from .filters import parse_filter, validate
 from .identity import check_profile_attributes, duplicate, normalise, resolve_target, upsert_profile, write_profile
@@ -238,7 +238,7 @@ def post_import_job(ctx: RequestContext):
         raise invalid(f"At most {MAX_PROFILES} profiles per job; got {len(profiles)}.",
                       pointer="/data/attributes/profiles/data")
     list_ids = [item["id"] for item in ((data.get("relationships") or {}).get("lists") or {}).get("data") or []]
-    for index, list_id in enumerate(list_ids):
+    for list_id in list_ids:
         if not ctx.store.exists(ctx.account, "list", list_id):
             raise not_found(f"A list with id {list_id} does not exist.")
     job = _jobs(ctx).submit(ctx.account, profiles, list_ids)
