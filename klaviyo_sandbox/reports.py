@@ -120,7 +120,7 @@ class EventSource:
 
 
 _EVENTS_SQL = """
-SELECT e.id, e.rel_metric AS metric_id, m.name AS metric_name, e.rel_profile AS profile_id,
+SELECT e.id, e.rel_metric AS metric_id, json_extract_string(m.attrs, '$.name') AS metric_name, e.rel_profile AS profile_id,
        CAST(e.datetime AS TIMESTAMPTZ) AS datetime,
        TRY_CAST(json_extract_string(e.attrs, '$.event_properties."$value"') AS DOUBLE) AS value,
        json_extract(e.attrs, '$.event_properties') AS props
@@ -130,22 +130,23 @@ WHERE e.account = ?
 # A campaign message's send time is its campaign's (send_time, else scheduled_at); flow
 # messages are sent per profile (the Received Email event), so they carry none.
 _MESSAGES_SQL = """
-SELECT cm.id AS message_id, 'campaign' AS kind, c.id AS parent_id, c.name AS parent_name,
+SELECT cm.id AS message_id, 'campaign' AS kind, c.id AS parent_id, json_extract_string(c.attrs, '$.name') AS parent_name,
        coalesce(json_extract_string(cm.attrs, '$.definition.label'), json_extract_string(cm.attrs, '$.label'))
            AS message_name,
-       coalesce(json_extract_string(cm.attrs, '$.definition.channel'), c.channel, 'email') AS channel,
+       coalesce(json_extract_string(cm.attrs, '$.definition.channel'), 'email') AS channel,
        CAST(coalesce(TRY_CAST(json_extract_string(c.attrs, '$.send_time') AS TIMESTAMPTZ),
-                     CAST(c.scheduled_at AS TIMESTAMPTZ)) AS TIMESTAMPTZ) AS send_time
+                     TRY_CAST(json_extract_string(c.attrs, '$.scheduled_at') AS TIMESTAMPTZ)) AS TIMESTAMPTZ) AS send_time
 FROM campaign_messages cm JOIN campaigns c ON c.account = cm.account AND c.id = cm.rel_campaign
 WHERE cm.account = ?
 UNION ALL
-SELECT fm.id, 'flow', f.id, f.name, fm.name, coalesce(fm.channel, 'email'), CAST(NULL AS TIMESTAMPTZ)
+SELECT fm.id, 'flow', f.id, json_extract_string(f.attrs, '$.name'), json_extract_string(fm.attrs, '$.name'),
+       coalesce(json_extract_string(fm.attrs, '$.channel'), 'email'), CAST(NULL AS TIMESTAMPTZ)
 FROM flow_messages fm
 JOIN flow_actions fa ON fa.account = fm.account AND fa.id = fm.rel_flow_action
 JOIN flows f ON f.account = fa.account AND f.id = fa.rel_flow
 WHERE fm.account = ?
 """
-_METRICS_SQL = "SELECT id AS metric_id, name AS metric_name FROM metrics WHERE account = ?"
+_METRICS_SQL = "SELECT id AS metric_id, json_extract_string(attrs, '$.name') AS metric_name FROM metrics WHERE account = ?"
 
 
 def event_source(store: Any, account_id: str) -> EventSource:

@@ -19,6 +19,7 @@ empty.
 from __future__ import annotations
 
 import logging
+import weakref
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -128,13 +129,25 @@ def _stored(table: str) -> tuple[Any, dict[str, Any]] | None:
     return pipeline, schema.get_table_columns(table)
 
 
+_SQL_CLIENTS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def sql_client(pipeline: Any) -> Any:
+    """The pipeline's destination sql client, built once per pipeline (resolving its config is slow);
+    every ``with`` block opens a fresh connection."""
+    client = _SQL_CLIENTS.get(pipeline)
+    if client is None:
+        client = _SQL_CLIENTS[pipeline] = pipeline.sql_client()
+    return client
+
+
 def stored_active_ids(table: str, key: str) -> set[str]:
     """Ids stored in the destination and not yet marked deleted (empty on a first run)."""
     found = _stored(table)
     if found is None:
         return set()
     pipeline, columns = found
-    with pipeline.sql_client() as sql:
+    with sql_client(pipeline) as sql:
         name = sql.make_qualified_table_name(table)
         where = f" WHERE {sql.escape_column_name(DELETED_AT)} IS NULL" if DELETED_AT in columns else ""
         try:
@@ -159,7 +172,7 @@ def stored_rows(table: str, key: str, ids: Sequence[str]) -> tuple[list[dict[str
         return [], {}
     pipeline, columns = found
     rows: list[dict[str, Any]] = []
-    with pipeline.sql_client() as sql:
+    with sql_client(pipeline) as sql:
         name = sql.make_qualified_table_name(table)
         for start in range(0, len(ids), _CHUNK):
             chunk = list(ids[start:start + _CHUNK])

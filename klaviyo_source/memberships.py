@@ -24,7 +24,7 @@ import dlt
 import pyarrow as pa
 from dlt.extract.resource import DltResource
 
-from klaviyo_source.deletions import _stored
+from klaviyo_source.deletions import _stored, sql_client
 from klaviyo_source.errors import KlaviyoAPIError
 from klaviyo_source.filters import condition, format_datetime, parse_datetime, utc_now
 
@@ -82,7 +82,7 @@ def stored_members(table: str, group: Group) -> dict[str, dict[str, datetime | N
         return {}
     pipeline, columns = found
     members: dict[str, dict[str, datetime | None]] = {}
-    with pipeline.sql_client() as sql:
+    with sql_client(pipeline) as sql:
         where = " WHERE removed_at IS NULL" if "removed_at" in columns else ""
         query = f"SELECT {group.key}, profile_id, joined_group_at FROM {sql.make_qualified_table_name(table)}{where}"
         try:
