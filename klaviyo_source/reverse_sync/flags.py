@@ -109,7 +109,7 @@ def run_reverse_sync(
     dataset_name: str,
     credentials: Any = None,
     api_key: str | None = None,
-    base_url: str = "https://a.klaviyo.com",
+    base_url: str | None = None,
     auth: str = "klaviyo-api-key",
     maton_connection: str | None = None,
     dry_run: bool = False,

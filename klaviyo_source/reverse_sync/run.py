@@ -48,7 +48,7 @@ def reverse_sync(
     dataset_name: str,
     credentials: Any = None,
     api_key: str | None = None,
-    base_url: str = "https://a.klaviyo.com",
+    base_url: str | None = None,
     auth: str = "klaviyo-api-key",
     maton_connection: str | None = None,
     dry_run: bool = False,
@@ -92,6 +92,10 @@ def reverse_sync(
             if not api_key:
                 raise ReverseSyncError("no Klaviyo API key: pass api_key, or set SOURCES__KLAVIYO__API_KEY "
                                        "or KLAVIYO_API_KEY")
+            if not base_url:
+                from klaviyo_source import settings
+
+                base_url = settings.MATON_GATEWAY_URL if auth == "maton" else settings.KLAVIYO_BASE_URL
             client = make_client(api_key, base_url, auth=auth, maton_connection=maton_connection,
                                  rate_limit_scale=rate_limit_scale)
         writer = KlaviyoWriter(client)

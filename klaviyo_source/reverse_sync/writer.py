@@ -44,7 +44,12 @@ _POINTER_INDEX = re.compile(r"^/data/attributes/profiles/data/(\d+)")
 
 
 class ReverseSyncError(RuntimeError):
-    """The run cannot go on (auth, scope, network, a bad list...); the message is one line."""
+    """The run cannot go on (auth, scope, network, a bad list...); the message is one line.
+    ``status`` is Klaviyo's HTTP status when the failure is an answer (401, 403 ...)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def write_buckets() -> list[Any]:
@@ -118,7 +123,7 @@ class KlaviyoWriter:
             message = _one_line(self.client.error_for(response))
         except Exception:  # noqa: BLE001 - fall back to the status and Klaviyo's first error
             message = f"{response.status_code} {self._failure(response).detail}"
-        return ReverseSyncError(message)
+        return ReverseSyncError(message, response.status_code)
 
     @staticmethod
     def _failure(response: requests.Response) -> Failure:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from klaviyo_source.reverse_sync import REJECTS_TABLE, STATE_TABLE, ReverseSyncError, reverse_sync
+from klaviyo_source.reverse_sync import REJECTS_TABLE, STATE_TABLE, ReverseSyncError, make_client, reverse_sync
 from klaviyo_source.reverse_sync.demo import list_members
 from klaviyo_source.reverse_sync.source_rows import Warehouse
 from klaviyo_source.reverse_sync.state import SyncState
@@ -219,6 +219,22 @@ def test_crash_between_batches_then_rerun(warehouse, load, sandbox, client):
     assert run(warehouse, client, cfg).sent == 0
 
 
+def test_failure_after_a_job_was_submitted_then_rerun(warehouse, load, sandbox, client):
+    """The job is accepted by Klaviyo but the run dies before it learns the outcome: the rerun sends
+    the batch again (an idempotent upsert) and everything ends up there exactly once."""
+    sb, counter = sandbox
+    load("audience", people(6))
+    sb.set_faults({"get_bulk_import_profiles_job": {"status": 403}})
+    with pytest.raises(ReverseSyncError, match="403"):
+        run(warehouse, client)
+    assert state_rows(warehouse) == []
+    sb.set_faults(None)
+    report = run(warehouse, client)
+    assert (report.sent, report.rejected) == (6, 0)
+    assert member_emails(client, report.list_id) == sorted(p["email"] for p in people(6))
+    assert len(client.get("/api/profiles", params={"filter": 'equals(email,"person2@audience.test")'})["data"]) == 1
+
+
 def test_dry_run_sends_nothing(warehouse, load, sandbox, client):
     sb, counter = sandbox
     rows = people(6) + [{"email": "broken", "first_name": "B", "tier": "t", "ltv": 0.0}]
@@ -255,8 +271,6 @@ def test_consent_only_when_mapped(warehouse, load, sandbox, client):
 
 @DUCKDB_ONLY
 def test_auth_failure_is_one_line_without_the_key(warehouse, load, sandbox):
-    from klaviyo_source.reverse_sync import make_client
-
     sb, _ = sandbox
     load("audience", people(2))
     bad = make_client("pk_wrong_key_123456", sb.base_url, pacing=False, max_attempts=1)
@@ -264,6 +278,24 @@ def test_auth_failure_is_one_line_without_the_key(warehouse, load, sandbox):
         run(warehouse, bad)
     message = str(failure.value)
     assert "\n" not in message and "pk_wrong_key_123456" not in message and "401" in message
+
+
+@DUCKDB_ONLY
+def test_cli_flags_through_the_maton_gateway(warehouse, load, sandbox):
+    """What ``klaviyo-dlt reverse-sync`` calls, with Maton auth against the sandbox's gateway."""
+    from klaviyo_source.reverse_sync.flags import run_reverse_sync
+
+    sb, counter = sandbox
+    destination, dataset, pipelines_dir = warehouse
+    load("audience", people(3))
+    report = run_reverse_sync(destination=destination, dataset_name=dataset, pipelines_dir=pipelines_dir,
+                              auth="maton", api_key=sb.maton_api_key, base_url=f"{sb.base_url}/klaviyo",
+                              maton_connection=sb.accounts[0].maton_connection_id,
+                              table="audience", email="email", attributes=["first_name=first_name"],
+                              properties=["tier=tier"], list_name="Via Maton", create_list=True, list_mode="mirror")
+    assert (report.sync_name, report.sent, report.added_to_list) == ("via_maton", 3, 3)
+    client = make_client(sb.api_key, sb.base_url, pacing=False)
+    assert member_emails(client, report.list_id) == sorted(p["email"] for p in people(3))
 
 
 @DUCKDB_ONLY
