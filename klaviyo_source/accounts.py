@@ -63,10 +63,17 @@ def config_targets(accounts: dict[str, str] | None = None, base_url: str | None 
     if accounts is None:
         import dlt
 
-        accounts = dlt.secrets.get("sources.klaviyo.accounts")
+        accounts = dlt.secrets.get("sources.klaviyo.accounts", dict)
     if not accounts:
         raise UsageError("no accounts configured: set sources.klaviyo.accounts in .dlt/secrets.toml "
                          "(name = \"pk_...\") or SOURCES__KLAVIYO__ACCOUNTS, or use --all-connections with MATON_API_KEY")
+    if isinstance(accounts, str):
+        import json
+
+        try:
+            accounts = json.loads(accounts)
+        except ValueError:
+            accounts = None
     if not isinstance(accounts, dict):
         raise UsageError("sources.klaviyo.accounts must map account names to private API keys")
     targets = []

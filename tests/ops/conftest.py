@@ -62,7 +62,8 @@ def cli(capsys, tmp_path):
 
     def run(*argv: str) -> CliRun:
         args = list(argv)
-        if args and args[0] in ("sync", "status", "reverse-sync") and "--pipelines-dir" not in args:
+        command = next((a for a in args if not a.startswith("-") and a not in ("json", "text")), None)
+        if command in ("sync", "status", "reverse-sync") and "--pipelines-dir" not in args:
             args += ["--pipelines-dir", str(tmp_path / "pipelines")]
         capsys.readouterr()
         code = main(args)
