@@ -25,13 +25,13 @@ DEMO_PIPELINE = "klaviyo_demo"
 DEMO_LIST = "Top customers (quick start)"
 
 REVENUE_PER_DAY_SQL = """
-SELECT CAST(e.datetime AS DATE) AS day,
-       COUNT(*)                 AS orders,
-       ROUND(SUM(e.value), 2)   AS revenue
+SELECT CAST(e.datetime AT TIME ZONE 'UTC' AS DATE) AS day,
+       COUNT(*)                                   AS orders,
+       ROUND(SUM(e.value), 2)                     AS revenue
 FROM events AS e
 JOIN metrics AS m ON m.id = e.metric_id
 WHERE m.name = 'Placed Order'
-  AND e.datetime >= CURRENT_DATE - INTERVAL 13 DAY
+  AND CAST(e.datetime AT TIME ZONE 'UTC' AS DATE) >= CAST(now() AT TIME ZONE 'UTC' AS DATE) - 13
 GROUP BY 1
 ORDER BY 1
 """.strip()
@@ -42,7 +42,7 @@ FROM profiles AS p
 JOIN events AS e ON e.profile_id = p.id
 JOIN metrics AS m ON m.id = e.metric_id
 WHERE m.name = 'Placed Order'
-  AND e.datetime >= CURRENT_DATE - INTERVAL 90 DAY
+  AND e.datetime >= now() - INTERVAL 90 DAY
   AND p.email IS NOT NULL
 GROUP BY p.email, p.first_name, p.last_name
 ORDER BY revenue_90d DESC, p.email
