@@ -29,7 +29,8 @@ from klaviyo_sandbox import Sandbox  # noqa: E402
 def percentiles(samples: list[float]) -> str:
     ordered = sorted(samples)
     p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
-    return f"p50 {statistics.median(ordered):.1f} ms  p95 {p95:.1f} ms  max {ordered[-1]:.1f} ms  (n={len(ordered)})"
+    return (f"min {ordered[0]:.1f} ms  p50 {statistics.median(ordered):.1f} ms  p95 {p95:.1f} ms  "
+            f"max {ordered[-1]:.1f} ms  (n={len(ordered)})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -120,6 +120,9 @@ def pick_fields(attributes: dict[str, Any], fields: Iterable[str]) -> dict[str, 
     return out
 
 
+_PAGE_BUILDERS: dict[tuple, Callable[[list[tuple]], list[str | None]]] = {}
+
+
 class Serializer:
     """Builds resource objects for one request (knows the base URL for links)."""
 
@@ -127,7 +130,6 @@ class Serializer:
         self.spec = spec
         self.operation = operation  # (method, spec path): relationship shapes follow its response schema
         self.base = base  # e.g. "http://127.0.0.1:5000" (+ "/klaviyo" behind the gateway)
-        self._templates: dict[tuple, Any] = {}
 
     def shapes(self, type_: str) -> tuple[tuple[str, bool], ...]:
         """(name, is_to_many) relationships a ``type_`` object carries in this operation's answer."""
@@ -144,61 +146,77 @@ class Serializer:
         root = f"{self.base}/api/{kind.collection}/{url_id(id_)}"
         return f'{{"self":{jstr(f"{root}/relationships/{name}/")},"related":{jstr(f"{root}/{name}/")}}}'
 
-    def fast_template(self, kind: Kind, extras: tuple[str, ...] = ()):
-        """A per-row builder ``(id, attrs, to_one ids..., extras...) -> JSON text`` for the common
-        case (no sparse fieldset, no to-many data); None for rows whose ids need escaping.
+    def fast_page(self, kind: Kind, extras: tuple[str, ...] = ()) -> Callable[[list[tuple]], list[str | None]]:
+        """A page builder for rows ``(seq, id, attrs, *to_one ids, *extras, ...)`` -> JSON texts.
 
-        Same output as :meth:`resource`, but one ``%`` format per row: a 1000-record page
-        costs about a millisecond of Python.
+        Same output as :meth:`resource` for the common case (no sparse fieldset, no to-many
+        data) but one precompiled ``%`` format per row, so a 1000-record page costs about a
+        millisecond of Python.  Entries are None for rows whose ids need escaping (the caller
+        falls back to :meth:`resource`).
         """
-        key = (kind.type, extras)
-        cached = self._templates.get(key)
+        key = (self.base, self.operation, kind.type, extras)
+        cached = _PAGE_BUILDERS.get(key)
         if cached is not None:
             return cached
         base = jstr(self.base)[1:-1].replace("%", "%%")
-        root = base + f"/api/{kind.collection}/%(root)s"
-        head = '{"type":' + jstr(kind.type) + ',"id":"%(id)s"'
-        if kind.has_attributes:
-            head += ',"attributes":%(attrs)s'
-        rel_parts = []
         to_one = list(kind.to_one)
-        for name, is_many in self.shapes(kind.type):
-            piece = jstr(name) + ":{"
-            if not is_many and name in kind.to_one:
-                piece += "%(" + f"rel{to_one.index(name)}" + ")s"
-            piece += '"links":{"self":"' + root + f'/relationships/{name}/","related":"' + root + f'/{name}/"}}}}'
-            rel_parts.append(piece)
-        if rel_parts:
-            head += ',"relationships":{' + ",".join(rel_parts) + "}"
-        template = head + ',"links":{"self":"' + root + '/"}}'
-        data_heads = ['"data":{"type":' + jstr(KINDS[kind.to_one[name]].type) + ',"id":"' for name in to_one]
         n_rel = len(to_one)
-        safe = _URL_SAFE.match
+        shapes = self.shapes(kind.type)
+        link = f"{base}/api/{kind.collection}/%s"
+
+        def compile_row(nulls: tuple[bool, ...]) -> Callable[[tuple, str], str]:
+            fmt = ['{"type":' + jstr(kind.type) + ',"id":"%s"']
+            args = ["r[1]"]
+            if kind.has_attributes:
+                fmt.append(',"attributes":%s')
+                args.append("a")
+            rels = []
+            for name, is_many in shapes:
+                piece = jstr(name) + ":{"
+                if not is_many and name in kind.to_one and not nulls[to_one.index(name)]:
+                    piece += '"data":{"type":' + jstr(KINDS[kind.to_one[name]].type) + ',"id":"%s"},'
+                    args.append(f"r[{3 + to_one.index(name)}]")
+                piece += '"links":{"self":"' + link + f'/relationships/{name}/","related":"' + link + f'/{name}/"}}}}'
+                args += ["r[1]", "r[1]"]
+                rels.append(piece)
+            if rels:
+                fmt.append(',"relationships":{' + ",".join(rels) + "}")
+            fmt.append(',"links":{"self":"' + link + '/"}}')
+            args.append("r[1]")
+            namespace: dict[str, Any] = {"T": "".join(fmt)}
+            exec(f"def row(r, a):\n    return T % ({', '.join(args)},)", namespace)  # noqa: S102 - indices only
+            return namespace["row"]
+
+        patterns = [tuple(bool(n >> i & 1) for i in range(n_rel)) for n in range(2 ** n_rel)]
+        rows_by_nulls = [compile_row(p) for p in patterns]
         names = [jstr(x) for x in extras]
+        first_extra = 3 + n_rel
+        safe = _URL_SAFE.match
 
-        def build(row: tuple, offset: int = 1) -> str | None:
-            id_ = row[offset]
-            if not safe(id_):
-                return None
-            attrs = row[offset + 1]
-            values = {"id": id_, "root": id_, "attrs": attrs}
-            for n in range(n_rel):
-                target = row[offset + 2 + n]
-                if target is None:
-                    values[f"rel{n}"] = ""
-                elif safe(target):
-                    values[f"rel{n}"] = data_heads[n] + target + '"},'
-                else:
-                    return None
-            for n, name in enumerate(names):
-                extra = row[offset + 2 + n_rel + n]
-                if extra is not None:
-                    attrs = attrs[:-1] + ("" if attrs == "{}" else ",") + name + ":" + extra + "}"
-            values["attrs"] = attrs
-            return template % values
+        def page(rows: list[tuple]) -> list[str | None]:
+            ids = [r[1] for r in rows] + [r[i] for r in rows for i in range(3, first_extra) if r[i] is not None]
+            all_safe = bool(rows) and safe("".join(ids)) is not None
+            out: list[str | None] = []
+            for r in rows:
+                if not all_safe and any(x is not None and not safe(x) for x in (r[1], *r[3:first_extra])):
+                    out.append(None)
+                    continue
+                a = r[2]
+                for n, name in enumerate(names):
+                    extra = r[first_extra + n]
+                    if extra is not None:
+                        a = a[:-1] + ("" if a == "{}" else ",") + name + ":" + extra + "}"
+                index = 0
+                for i in range(n_rel):
+                    if r[3 + i] is None:
+                        index |= 1 << i
+                out.append(rows_by_nulls[index](r, a))
+            return out
 
-        self._templates[key] = build
-        return build
+        if len(_PAGE_BUILDERS) > 2000:
+            _PAGE_BUILDERS.clear()
+        _PAGE_BUILDERS[key] = page
+        return page
 
     def resource(self, kind: Kind, id_: str, attrs: str, to_one: dict[str, str | None] | None = None,
                  extras: dict[str, str | None] | None = None, fields: tuple[str, ...] | None = None,

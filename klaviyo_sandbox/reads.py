@@ -420,13 +420,11 @@ def serialize_rows(ctx: RequestContext, ser: Serializer, kind: Kind, rows: list[
     fields = options.fields.get(kind.type)
     out = []
     rel_names = list(kind.to_one)
-    fast = ser.fast_template(kind, options.additional) if not many_data and fields is None else None
-    for row in rows:
-        if fast is not None:
-            text = fast(row)
-            if text is not None:
-                out.append(text)
-                continue
+    fast = ser.fast_page(kind, options.additional)(rows) if not many_data and fields is None else [None] * len(rows)
+    for row, text in zip(rows, fast):
+        if text is not None:
+            out.append(text)
+            continue
         id_ = row[1]
         to_one = dict(zip(rel_names, row[3:3 + n_rel])) if n_rel else None
         extras = dict(zip(options.additional, row[3 + n_rel:3 + n_rel + len(options.additional)])) if options.additional else None
