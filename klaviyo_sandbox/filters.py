@@ -48,7 +48,8 @@ class _Parser:
         self.pos = 0
 
     def error(self, what: str) -> ApiError:
-        return filter_error(f"Invalid filter provided: {what} at position {self.pos} of {self.text!r}.")
+        # Klaviyo's wording for syntax errors, plus where the parser stopped
+        return filter_error(f"Invalid filter provided. Verify your parentheses match ({what} at position {self.pos}).")
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -175,12 +176,10 @@ def validate(conditions: list[Condition], allowed: dict[str, tuple[str, ...]], n
     for cond in conditions:
         if cond.field not in allowed:
             fields = ", ".join(f"'{f}'" for f in allowed) or "none"
-            raise filter_error(f"Invalid filter provided: filtering on '{cond.field}' is not supported. Allowed fields: {fields}.")
+            raise filter_error(f"'{cond.field}' is not an allowed filter field for this endpoint. Allowed fields: {fields}.")
         if cond.operator not in allowed[cond.field]:
             ops = ", ".join(f"'{o}'" for o in allowed[cond.field])
-            raise filter_error(
-                f"Invalid filter provided: operator '{cond.operator}' is not allowed for field '{cond.field}'. Allowed: {ops}."
-            )
+            raise filter_error(f"'{cond.operator}' is not an allowed operator for '{cond.field}'. Allowed: {ops}.")
         if cond.operator == "any" and not isinstance(cond.value, list):
             raise filter_error(f"Invalid filter provided: 'any' on '{cond.field}' needs a list, e.g. any({cond.field},['a','b']).")
         if cond.operator in ("equals",) and isinstance(cond.value, list) and "any" not in allowed[cond.field]:

@@ -276,7 +276,7 @@ class Store:
     def __init__(self, path: str | None = None, clock: Clock | None = None):
         self.path = path or ":memory:"
         self.db = duckdb.connect(self.path)
-        self.db.execute("SET TimeZone='UTC'")
+        self.db.execute("SET GLOBAL TimeZone='UTC'")
         self.clock = clock or Clock()
         self.lock = threading.RLock()
         self._local = threading.local()
@@ -293,7 +293,6 @@ class Store:
         cur = getattr(self._local, "cursor", None)
         if cur is None:
             cur = self.db.cursor()
-            cur.execute("SET TimeZone='UTC'")
             self._local.cursor = cur
         return cur
 
