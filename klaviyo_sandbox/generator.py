@@ -255,9 +255,20 @@ class Generator:
             for a in range(2 + n % 2):
                 aid = mid("flow-action", n * 10 + a)
                 is_send = a % 2 == 0
+                if is_send:
+                    definition = {"id": aid, "type": "send-email", "data": {"message": {
+                        "from_email": f"hello@store{index + 1}.example", "from_label": account.name,
+                        "reply_to_email": None, "cc_email": None, "bcc_email": None,
+                        "subject_line": f"{name}: step {a + 1}", "preview_text": "A note from us",
+                        "template_id": template_ids[(n + a) % 6], "smart_sending_enabled": True,
+                        "transactional": False, "add_tracking_params": False, "custom_tracking_params": None,
+                        "additional_filters": None}, "status": ["live", "draft", "manual"][n % 3]}}
+                else:
+                    definition = {"id": aid, "type": "time-delay", "data": {
+                        "unit": "days", "value": 1 + a, "secondary_value": None, "timezone": "profile"}}
                 actions.append({"id": aid, "relationships": {"flow": fid}, "attributes": {
-                    "created": iso(created), "updated": iso(when(created)), "definition": None,
-                    "_type": "send-email" if is_send else "time-delay"}})
+                    "created": iso(created), "updated": iso(when(created)), "definition": definition,
+                    "_type": definition["type"]}})
                 if is_send:
                     flow_messages.append({"id": mid("flow-message", n * 10 + a),
                                           "relationships": {"flow-action": aid, "template": template_ids[(n + a) % 6]},
