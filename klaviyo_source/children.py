@@ -125,6 +125,7 @@ def make_tag_links_resource(stream: Any, client: Any, options: Any = None) -> Dl
 
     return dlt.resource(links, name=stream.name, table_name=stream.name,
                         primary_key=("tag_id", "resource_type", "resource_id"), write_disposition="replace",
-                        columns={"tag_id": {"data_type": "text"},
-                                 "resource_type": {"data_type": "text"},
-                                 "resource_id": {"data_type": "text"}})
+                        columns={"tag_id": {"data_type": "text", "description": "tag id"},
+                                 "resource_type": {"data_type": "text",
+                                                   "description": "campaign, flow, list or segment"},
+                                 "resource_id": {"data_type": "text", "description": "id of the tagged record"}})

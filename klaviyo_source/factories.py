@@ -19,7 +19,7 @@ def make_ids_resource(stream: Any, client: Any, options: Any = None) -> DltResou
                 yield pa.table({"id": pa.array(found, pa.string())})
 
     return dlt.resource(ids, name=stream.name, table_name=stream.name, primary_key="id",
-                        write_disposition=stream.write_disposition, columns={"id": {"data_type": "text"}})
+                        write_disposition=stream.write_disposition, columns={"id": {"data_type": "text", "description": "Klaviyo id (primary key)"}})
 
 
 def custom_resource(stream: Any, client: Any, options: Any = None) -> DltResource:

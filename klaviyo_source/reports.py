@@ -243,6 +243,39 @@ _READERS = {
 }
 
 
+def _hint(data_type: str, description: str) -> dict[str, Any]:
+    hint: dict[str, Any] = {"data_type": data_type, "description": description}
+    if data_type == "timestamp":
+        hint["timezone"] = True
+    return hint
+
+
+def column_hints(name: str, statistics: Sequence[str] = DEFAULT_STATISTICS) -> dict[str, dict[str, Any]]:
+    """Declared columns of an aggregate/report table (documented in docs/tables.md)."""
+    if name == "metric_aggregates":
+        return {
+            "metric_id": _hint("text", "metric id"),
+            "metric_name": _hint("text", "metric name"),
+            "date": _hint("date", "day in `timezone`"),
+            "timezone": _hint("text", "IANA timezone the days are cut in (report_timezone)"),
+            "count": _hint("bigint", "events that day"),
+            "sum_value": _hint("double", "sum of the events' `$value`"),
+            "unique": _hint("bigint", "distinct profiles with the event that day"),
+        }
+    keys = ({"campaign_id": _hint("text", "campaign id"), "campaign_message_id": _hint("text", "campaign message id")}
+            if name == "campaign_values_reports" else
+            {"flow_id": _hint("text", "flow id"), "flow_message_id": _hint("text", "flow message id")})
+    keys["send_channel"] = _hint("text", "email, sms, push-notification, whatsapp")
+    if name == "flow_series_reports":
+        keys["date"] = _hint("date", "send day (account timezone)")
+    stats = {s: _hint("bigint" if s in _INTEGER_STATISTICS else "double",
+                      "Reporting API statistic" + (" (fraction 0..1)" if s.endswith("_rate") else ""))
+             for s in statistics}
+    return {**keys, **stats,
+            "conversion_metric_id": _hint("text", "metric counted as conversion (conversion_metric)"),
+            "refreshed_at": _hint("timestamp", "when this row was last re-read")}
+
+
 def make_report_resource(stream: Any, client: Any, options: Any = None,
                          reports: ReportOptions | None = None) -> DltResource:
     """The dlt resource of one aggregate/report stream row (merge on its natural key)."""
@@ -253,4 +286,4 @@ def make_report_resource(stream: Any, client: Any, options: Any = None,
         yield from reader(client, reports, dlt.current.resource_state())
 
     return dlt.resource(read, name=stream.name, table_name=stream.name, primary_key=key, write_disposition="merge",
-                        columns={k: {"data_type": "date" if k == "date" else "text"} for k in key})
+                        columns=column_hints(stream.name, reports.statistics))
