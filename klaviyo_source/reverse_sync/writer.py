@@ -13,6 +13,7 @@ failures raise ``ReverseSyncError`` with one line.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -141,24 +142,35 @@ class KlaviyoWriter:
             raise self._fatal(response)
         return orjson.loads(response.content) if response.content else {}
 
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One GET through the client (its errors become one-line ``ReverseSyncError``)."""
+        with self._fatal_errors("GET", path):
+            self.requests += 1
+            return self.client.get(path, params=params)
+
     def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        document = self._document("GET", path, params=params)
-        while True:
-            yield document
-            next_url = (document.get("links") or {}).get("next")
-            if not next_url:
-                return
-            cursor = re.search(r"page%5Bcursor%5D=([^&]+)|page\[cursor\]=([^&]+)", next_url)
-            if not cursor:
-                return
-            params = {**params, "page[cursor]": requests.utils.unquote(cursor.group(1) or cursor.group(2))}
-            document = self._document("GET", path, params=params)
+        """Every page of a list endpoint, following ``links.next`` with the client's paginator."""
+        with self._fatal_errors("GET", path):
+            for page in self.client.pages(path, params):
+                self.requests += 1
+                yield page
+
+    @contextlib.contextmanager
+    def _fatal_errors(self, method: str, path: str) -> Iterator[None]:
+        from klaviyo_source.errors import KlaviyoSourceError
+
+        try:
+            yield
+        except KlaviyoSourceError as exc:
+            raise ReverseSyncError(_one_line(exc), getattr(exc, "status_code", None)) from exc
+        except requests.RequestException as exc:
+            raise ReverseSyncError(f"{method} {path}: network failure after retries: {_one_line(exc)}") from None
 
     # -- lists ----------------------------------------------------------------------------
     def find_list(self, name: str) -> str | None:
         """The id of the list with exactly this name (spec get_lists: filter equals(name,...))."""
         quoted = name.replace("\\", "\\\\").replace('"', '\\"')
-        document = self._document("GET", "/api/lists", params={"filter": f'equals(name,"{quoted}")'})
+        document = self._get("/api/lists", params={"filter": f'equals(name,"{quoted}")'})
         for item in document.get("data") or []:
             if (item.get("attributes") or {}).get("name") == name:
                 return item["id"]
@@ -199,7 +211,7 @@ class KlaviyoWriter:
             time.sleep(interval)
             waited += interval
             interval = min(interval * 1.5, self.max_poll_interval)
-            attributes = self._document("GET", f"/api/profile-bulk-import-jobs/{job_id}")["data"]["attributes"]
+            attributes = self._get(f"/api/profile-bulk-import-jobs/{job_id}")["data"]["attributes"]
         failures: dict[int, Failure] = {}
         if attributes.get("status") == "cancelled":
             failure = Failure(0, "cancelled", f"bulk import job {job_id} was cancelled")
