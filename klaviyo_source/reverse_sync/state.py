@@ -75,7 +75,10 @@ class SyncState:
             data = {name: [r.get(name) for r in rows] for name in STATE_COLUMNS}
             data["sync_name"] = [self.sync_name] * len(rows)
             data["synced_at"] = [stamp] * len(rows)
-            resources.append(_state_resource(pa.table({k: pa.array(v, STATE_COLUMNS[k]) for k, v in data.items()})))
+            schema = pa.schema([pa.field(k, t, nullable=k not in ("sync_name", "identity_key"))  # the primary key
+                                for k, t in STATE_COLUMNS.items()])
+            resources.append(_state_resource(pa.table({k: pa.array(v, STATE_COLUMNS[k]) for k, v in data.items()},
+                                                      schema=schema)))
         if rejects:
             columns = list(zip(*rejects))
             table = pa.table({
