@@ -121,3 +121,14 @@ def test_payload_builders():
     assert build_clear(row, ["first_name", "location.city", "properties.ltv", "json.vip"]) == {"data": {
         "type": "profile", "attributes": {"email": "a@x.com", "first_name": None, "location": {"city": None},
                                           "properties": {"ltv": None, "vip": None}}}}
+
+
+def test_bulk_jobs_respect_the_profile_count_and_payload_size():
+    from klaviyo_source.reverse_sync.writer import batches
+
+    small = [b"x" * 100] * 25_000
+    assert list(batches(small)) == [(0, 10_000), (10_000, 20_000), (20_000, 25_000)]
+    big = [b"y" * 60_000] * 200  # 60 KB each: 5 MB holds 83 of them with the job envelope
+    ranges = list(batches(big))
+    assert all(sum(len(p) + 1 for p in big[a:b]) + 200 <= 5_000_000 for a, b in ranges)
+    assert ranges[0] == (0, 83) and ranges[-1][1] == 200
