@@ -344,11 +344,11 @@ class Generator:
         CREATE OR REPLACE TEMP TABLE gen_profiles AS
         WITH r AS (
             SELECT i,
-                '01' || upper(substr(md5('{self.seed}:{salt}:' || i), 1, 24)) AS id,
+                {self.profile_id('i', acct)} AS id,
                 list_extract({_sql_list(FIRST)}, 1 + (hash(i, '{self.seed}:{salt}:f') % {len(FIRST)})::INT) AS first,
                 list_extract({_sql_list(LAST)}, 1 + (hash(i, '{self.seed}:{salt}:l') % {len(LAST)})::INT) AS last,
                 1 + (hash(i, '{self.seed}:{salt}:c') % {len(CITIES)})::INT AS city,
-                {now} - to_seconds(CAST(730 * 86400 * pow({u('created')}, 0.7) AS BIGINT)) AS created,
+                {self.profile_created('i', count)} AS created,
                 {u('upd')} AS u_upd, {u('email')} AS u_email, {u('phone')} AS u_phone, {u('ext')} AS u_ext,
                 {u('props')} AS u_props, {u('consent')} AS u_consent, {u('sms')} AS u_sms, {u('clv')} AS u_clv
             FROM range({count}) t(i)
@@ -421,10 +421,20 @@ class Generator:
         self.store.db.execute(f"""
             INSERT INTO profiles (account, seq, id, attrs, inserted_at, email, phone_number, external_id, created, updated,
                                   x_subscriptions, x_predictive_analytics)
-            SELECT '{acct}', {base} + row_number() OVER (ORDER BY created, i), id, attrs, created, email, phone, external_id,
+            SELECT '{acct}', {base} + i + 1, id, attrs, created, email, phone, external_id,
                    created, updated, subscriptions, predictive
-            FROM gen_profiles ORDER BY created, i
+            FROM gen_profiles
         """)
+
+    def profile_id(self, column: str, acct: str) -> str:
+        """SQL: the id of generated profile number ``column`` (events derive it without a join)."""
+        return f"'01' || upper(substr(md5('{self.seed}:{acct}:p:' || {column}), 1, 24))"
+
+    def profile_created(self, column: str, count: int) -> str:
+        """SQL: creation time of profile number ``column``; increasing in the number (sign-ups grow
+        over the two years), so profile k is the newest one existing at a given time."""
+        start = _ts(self.now - dt.timedelta(days=730))
+        return f"({start} + to_seconds(CAST(730 * 86400 * pow({column} / {max(count, 1)}, 0.7) AS BIGINT)))"
 
     def generate_events(self, acct: str, count: int, metric_ids: list[str]) -> None:
         salt = f"{acct}:e"
@@ -447,7 +457,7 @@ class Generator:
             return
         # event_properties per metric (index into STANDARD_METRICS)
         props = {
-            "Received Email": "json_object('Subject', 'News #' || (i % 24 + 1), 'Campaign Name', 'EMAIL campaign ' || (i % 24 + 1), '$message', md5(i::VARCHAR)[:6], 'Email Domain', split_part(coalesce(email, 'x@none'), '@', 2), '$event_id', ev_id)",
+            "Received Email": "json_object('Subject', 'News #' || (i % 24 + 1), 'Campaign Name', 'EMAIL campaign ' || (i % 24 + 1), '$message', md5(i::VARCHAR)[:6], 'Email Domain', email_domain, '$event_id', ev_id)",
             "Opened Email": "json_object('Subject', 'News #' || (i % 24 + 1), 'Campaign Name', 'EMAIL campaign ' || (i % 24 + 1), '$message', md5(i::VARCHAR)[:6], 'Client Name', list_extract(['Gmail','Apple Mail','Outlook'], 1 + (i % 3)::INT), 'Machine Open', i % 4 = 0, '$event_id', ev_id)",
             "Clicked Email": "json_object('Subject', 'News #' || (i % 24 + 1), 'URL', 'https://store.example/p/' || (i % 12), '$message', md5(i::VARCHAR)[:6], '$event_id', ev_id)",
             "Active on Site": "json_object('$page', 'https://store.example/' || list_extract(['', 'sale', 'about', 'cart'], 1 + (i % 4)::INT), '$browser', list_extract(['Chrome','Safari','Firefox'], 1 + (i % 3)::INT), '$os', list_extract(['Mac OS X','Windows','iOS','Android'], 1 + (i % 4)::INT), '$event_id', ev_id)",
@@ -458,7 +468,7 @@ class Generator:
             "Ordered Product": f"json_object('$value', list_extract({prices}, 1 + pidx), 'OrderId', 'ORD-' || (i - i % 3), 'ProductID', 'prod-' || pidx, 'SKU', 'SKU-' || lpad(pidx::VARCHAR, 3, '0') || '-0', 'ProductName', list_extract({products}, 1 + pidx), 'Quantity', 1 + i % 3, '$event_id', ev_id)",
             "Fulfilled Order": "json_object('$value', round(20 + (i % 300) * 0.5, 2), 'OrderId', 'ORD-' || i, 'FulfillmentStatus', 'fulfilled', '$event_id', ev_id)",
             "Sent SMS": "json_object('Message Name', 'SMS campaign ' || (i % 24 + 1), 'Message Body', 'Sale today! Reply STOP to opt out', 'From Number', '+15550001111', '$event_id', ev_id)",
-            "Received SMS": "json_object('Message Body', list_extract(['Yes', 'STOP', 'When does it end?'], 1 + (i % 3)::INT), 'From Number', coalesce(phone, '+15550000000'), '$event_id', ev_id)",
+            "Received SMS": "json_object('Message Body', list_extract(['Yes', 'STOP', 'When does it end?'], 1 + (i % 3)::INT), 'From Number', phone, '$event_id', ev_id)",
             "Unsubscribed": "json_object('Campaign Name', 'EMAIL campaign ' || (i % 24 + 1), 'Method', 'Link', '$event_id', ev_id)",
             "Subscribed to List": "json_object('List', 'Newsletter', 'Method', 'Form', '$event_id', ev_id)",
             "Loyalty Points Earned": "json_object('points', 10 * (1 + i % 20), 'reason', list_extract(['purchase', 'review', 'referral'], 1 + (i % 3)::INT), 'balance', 100 + i % 5000, '$event_id', ev_id)",
@@ -470,17 +480,24 @@ class Generator:
         self.store.db.execute(f"""
             INSERT INTO events (account, seq, id, attrs, inserted_at, datetime, timestamp, rel_metric, rel_profile)
             WITH r AS (
-                SELECT i, md5('{self.seed}:{salt}:' || i) AS h,
-                    CAST(floor({n_profiles} * pow({u('who')}, 1.4)) AS BIGINT) AS pi,
-                    {u('metric')} AS u_metric, {u('when')} AS u_when, {u('late')} AS u_late,
+                -- event time grows with i (more activity lately), so rows are inserted in time order
+                SELECT i, md5('{self.seed}:{salt}:' || i) AS h, pow((i + {u('when')}) / {count}, 0.6) AS x,
+                    {u('who')} AS u_who, {u('metric')} AS u_metric, {u('late')} AS u_late,
                     (hash(i, '{self.seed}:{salt}:prod') % {np_})::INT AS pidx,
                     (1 + hash(i, '{self.seed}:{salt}:n') % 3)::INT AS n_items
                 FROM range({count}) t(i)
+            ), w AS (
+                -- the acting profile is one that exists by then: number <= the newest one at x
+                SELECT r.*, least({n_profiles - 1}, CAST(floor(({n_profiles} * pow(x, 1 / 0.7) + 1) * u_who) AS BIGINT)) AS pi
+                FROM r
             ), e AS (
-                SELECT r.*, {metric_case} AS midx, p.id AS profile_id, p.email, p.phone,
+                SELECT w.*, {metric_case} AS midx, {self.profile_id('pi', acct)} AS profile_id,
+                    list_extract({_sql_list(DOMAINS)}, 1 + (pi % {len(DOMAINS)})::INT) AS email_domain,
+                    '+1' || (2000000000 + hash(pi, '{self.seed}:{acct}:p:ph') % 7999999999)::VARCHAR AS phone,
                     substr(h, 1, 16) AS ev_id,
-                    greatest(p.created, {now} - to_seconds(CAST(730 * 86400 * pow(u_when, 1.3) AS BIGINT))) AS ts
-                FROM r JOIN gen_profiles p ON p.i = r.pi
+                    greatest({self.profile_created('pi', n_profiles)},
+                             {_ts(self.now - dt.timedelta(days=730))} + to_seconds(CAST(730 * 86400 * x AS BIGINT))) AS ts
+                FROM w
             ), j AS (
                 SELECT e.*,
                     json_object('timestamp', epoch(ts)::BIGINT, 'event_properties', {props_case},
@@ -492,9 +509,9 @@ class Generator:
                                        ELSE to_seconds(CAST(1 + 120 * u_late AS BIGINT)) END) AS inserted_at
                 FROM e
             )
-            SELECT '{acct}', {base} + row_number() OVER (ORDER BY ts, i), ev_id, attrs, inserted_at, ts, epoch(ts)::BIGINT,
+            SELECT '{acct}', {base} + i + 1, ev_id, attrs, inserted_at, ts, epoch(ts)::BIGINT,
                    list_extract({metric_list}, midx + 1), profile_id
-            FROM j ORDER BY ts, i
+            FROM j
         """)
 
     def generate_memberships(self, acct: str, list_ids: list[str], segment_ids: list[str]) -> None:
