@@ -2,8 +2,14 @@
 
 dlt's arrow path skips row-by-row normalisation, so this module produces what dlt's
 normaliser would: flattened nested objects (``location__city``), timezone-aware
-timestamps, JSON text for free-form bags, ``<relation>_id`` columns.  Values are pulled
-column-wise from orjson-parsed dicts; parsing and casting run in Arrow's C++ kernels.
+timestamps, JSON text for free-form bags, ``<relation>_id`` columns.
+
+Fast path: a page is decoded by msgspec straight into structs generated from the column
+plan (``PageConverter.decoder``): fields outside the plan (per-record ``links``, unread
+relationships) are skipped without building Python objects, and free-form bags stay raw
+JSON bytes (no parse, no re-serialisation).  Values are then pulled column-wise and
+timestamps parsed by Arrow's C++ kernels.  ``convert(list_of_dicts)`` serves callers that
+already hold orjson-parsed records.
 """
 
 from __future__ import annotations
@@ -11,6 +17,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Sequence
 
+import re
+from operator import attrgetter
+from typing import Optional
+
+import msgspec
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -114,14 +125,155 @@ def _flatten_bag(name: str, bags: list[Any]) -> dict[str, list[Any]]:
     return out
 
 
+_NULL = b"null"
+
+
+def _raw_bytes(values: list[Any]) -> list[bytes]:
+    """Raw JSON of each value (msgspec.Raw; None -> ``null``)."""
+    return [_NULL if raw is None else bytes(raw) or _NULL for raw in values]
+
+
+def _raw_text(values: list[Any]) -> pa.Array:
+    """Raw JSON bytes (msgspec.Raw) -> JSON text column; JSON null / absent -> NULL."""
+    text = pa.array(_raw_bytes(values), type=pa.binary()).cast(pa.string())
+    return pc.if_else(pc.equal(text, "null"), pa.scalar(None, pa.string()), text)
+
+
+def _attr(key: str, index: int) -> str:
+    return f"f{index}_{re.sub(r'[^0-9a-zA-Z_]', '_', key)}"
+
+
+class _Plan:
+    """msgspec struct types mirroring the column paths; leaves are ``Any`` (no type failures)."""
+
+    def __init__(self, columns: Sequence[Column]):
+        tree: dict[str, Any] = {}
+        self.promoted_in_bags: list[tuple[Column, tuple[str, ...]]] = []
+        bag_paths = {c.path for c in columns if c.kind == "json"}
+        for column in columns:
+            inside = next((b for b in bag_paths if column.path[: len(b)] == b and column.path != b), None)
+            if inside is not None:  # a value lifted out of a raw bag: decoded from the bag's bytes
+                self.promoted_in_bags.append((column, inside))
+                continue
+            node = tree
+            for key in column.path[:-1]:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    break
+            else:
+                node.setdefault(column.path[-1], "raw" if column.kind == "json" else "any")
+        self.attrs: dict[tuple[str, ...], str] = {}
+        counter = [0]
+        record = self._struct(tree, (), counter, self.attrs)
+        links = msgspec.defstruct("Links", [("next", Any, None)])
+        self.page_type = msgspec.defstruct("Page", [("data", list[record], []), ("links", Optional[links], None)])
+        self.decoder = msgspec.json.Decoder(self.page_type)
+        # promoted values inside bags, e.g. ("$value",) inside event_properties
+        self.bag_decoders: dict[tuple[str, ...], tuple[msgspec.json.Decoder, dict[tuple[str, ...], str]]] = {}
+        for bag in {b for _, b in self.promoted_in_bags}:
+            sub: dict[str, Any] = {}
+            for column, inside in self.promoted_in_bags:
+                if inside == bag:
+                    node = sub
+                    for key in column.path[len(bag):-1]:
+                        node = node.setdefault(key, {})
+                    node[column.path[-1]] = "any"
+            names: dict[tuple[str, ...], str] = {}
+            bag_struct = self._struct(sub, (), counter, names)
+            self.bag_decoders[bag] = (msgspec.json.Decoder(list[Optional[bag_struct]]), names)
+
+    def _struct(self, tree: dict[str, Any], path: tuple[str, ...], counter: list[int], attrs: dict) -> type:
+        fields = []
+        rename = {}
+        for key, sub in tree.items():
+            counter[0] += 1
+            name = _attr(key, counter[0])
+            rename[name] = key
+            attrs[path + (key,)] = name
+            if isinstance(sub, dict):
+                fields.append((name, Optional[self._struct(sub, path + (key,), counter, attrs)], None))
+            elif sub == "raw":
+                fields.append((name, msgspec.Raw, msgspec.Raw(_NULL)))
+            else:
+                fields.append((name, Any, None))
+        return msgspec.defstruct(f"S{counter[0]}", fields, rename=rename)
+
+
 class PageConverter:
-    """Converts the ``data`` list of a page into a pyarrow table with a fixed column plan."""
+    """Converts a page's records into a pyarrow table with a fixed column plan."""
 
     def __init__(self, columns: Sequence[Column], flatten_bags: bool = False):
         self.columns = list(columns)
         self.flatten_bags = flatten_bags
         self._known_attributes = {c.path[1] for c in self.columns if len(c.path) > 1 and c.path[0] == "attributes"}
         self.schema = pa.schema([pa.field(c.name, ARROW_TYPES[c.kind]) for c in self.columns])
+        self._plan = _Plan(self.columns)
+        self.decoder = self._plan.decoder  # msgspec decoder for a whole page
+
+    def convert_page(self, page: Any) -> pa.Table:
+        """Table from a page decoded with ``self.decoder`` (the fast path)."""
+        return self.convert_records(page.data)
+
+    def convert_records(self, records: list[Any]) -> pa.Table:
+        """Table from decoded records (``page.data`` of one or many pages)."""
+        if not records:
+            return self.schema.empty_table()
+        plan = self._plan
+        cache: dict[tuple[str, ...], list[Any]] = {(): records}
+
+        def at(path: tuple[str, ...]) -> list[Any]:
+            found = cache.get(path)
+            if found is None:
+                parent = at(path[:-1])
+                get = attrgetter(plan.attrs[path])
+                if None in parent:
+                    found = [None if p is None else get(p) for p in parent]
+                else:
+                    found = list(map(get, parent))
+                cache[path] = found
+            return found
+
+        arrays: dict[str, pa.Array] = {}
+        promoted: dict[str, pa.Array] = {}
+        for bag, (decoder, names) in plan.bag_decoders.items():
+            raws = _raw_bytes(at(bag))
+            try:  # one decoder call for the whole batch: [bag, bag, ...]
+                decoded = decoder.decode(b"[" + b",".join(raws) + b"]")
+            except (msgspec.ValidationError, msgspec.DecodeError):  # some bag is not an object
+                decoded = []
+                for raw in raws:
+                    try:
+                        decoded.append(decoder.decode(b"[" + raw + b"]")[0])
+                    except (msgspec.ValidationError, msgspec.DecodeError):
+                        decoded.append(None)
+            sub_cache: dict[tuple[str, ...], list[Any]] = {(): decoded}
+
+            def sub_at(path: tuple[str, ...]) -> list[Any]:
+                found = sub_cache.get(path)
+                if found is None:
+                    parent = sub_at(path[:-1])
+                    get = attrgetter(names[path])
+                    found = sub_cache[path] = [None if p is None else get(p) for p in parent]
+                return found
+
+            for column, inside in plan.promoted_in_bags:
+                if inside == bag:
+                    promoted[column.name] = to_array(sub_at(column.path[len(bag):]), column.kind)
+        for column in self.columns:
+            if column.name in promoted:
+                arrays[column.name] = promoted[column.name]
+            elif column.kind == "json":
+                raws = at(column.path)
+                if self.flatten_bags and column.path[0] == "attributes" and len(column.path) == 2:
+                    bags = [None if r is None else orjson.loads(bytes(r) or b"null") for r in raws]
+                    if any(isinstance(b, dict) and b for b in bags):
+                        for name, column_values in _flatten_bag(column.name, bags).items():
+                            arrays[name] = _infer(column_values)
+                        continue
+                arrays[column.name] = _raw_text(raws)
+            else:
+                arrays[column.name] = to_array(at(column.path), column.kind)
+        return pa.table(arrays)
 
     def _lists(self, records: list[dict]) -> dict[tuple[str, ...], list[Any]]:
         """Values at every path prefix, computed once per page (one list comprehension per node)."""

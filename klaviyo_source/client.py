@@ -11,15 +11,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.client
 import random
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
+import msgspec
 import orjson
 import requests
+import urllib3
 from dlt.sources.helpers.requests.retry import (
     DEFAULT_RETRY_EXCEPTIONS,
     DEFAULT_RETRY_STATUS,
@@ -35,7 +39,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_any, retry_if_exception_type, stop_after_attempt, wait_random
 
 from klaviyo_source import settings
-from klaviyo_source.errors import SECRETS, KlaviyoConfigError, Masker, api_error
+from klaviyo_source.errors import SECRETS, KlaviyoAPIError, KlaviyoConfigError, Masker, api_error
 from klaviyo_source.pacing import PACERS, Pacer, RateTier
 
 
@@ -84,11 +88,14 @@ class PacedAdapter(HTTPAdapter):
         self._client = client
 
     def send(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
-        pacer = self._client.pacer_for(request.path_url)
+        bucket = self._client.bucket_for(request.path_url)
+        pacer = self._client.pacer(bucket)
         if pacer is not None:
             pacer.acquire()
         stats = self._client.stats
         stats.requests += 1
+        if bucket is not None:
+            stats.by_bucket[bucket.name] = stats.by_bucket.get(bucket.name, 0) + 1
         try:
             response = super().send(request, *args, **kwargs)
         finally:
@@ -106,9 +113,16 @@ class _RetryingClient(Client):
         super().__init__(raise_for_status=False, **kwargs)
         self._adapter = adapter
         self._jitter = jitter
+        self._proxies: dict[str, str] = {}
+
+    def use_environment_proxies(self, url: str) -> None:
+        self._proxies = requests.utils.get_environ_proxies(url) or {}
 
     def _make_session(self) -> Session:
         session = Session(**self._session_kwargs)  # type: ignore[arg-type]
+        # proxies from the environment are resolved once, not on every request (~2 ms each)
+        session.proxies.update(self._proxies)
+        session.trust_env = False
         session.mount("http://", self._adapter)
         session.mount("https://", self._adapter)
         kw = self._retry_kwargs
@@ -133,13 +147,22 @@ class KlaviyoPaginator(JSONLinkPaginator):
         self._base = urlsplit(base_url)
 
     def update_state(self, response: requests.Response, data: list[Any] | None = None) -> None:
-        document = getattr(response, "klaviyo_document", None) or {}
-        self._next_reference = ((document.get("links") or {}).get("next")) or None
+        self._next_reference = next_link(getattr(response, "klaviyo_document", None))
 
     def update_request(self, request: requests.Request) -> None:
         if self._next_reference:
             self._next_reference = _rebase(self._next_reference, self._base)
         super().update_request(request)
+
+
+def next_link(document: Any) -> str | None:
+    """``links.next`` of a parsed page: an orjson dict or a msgspec-decoded page struct."""
+    if document is None:
+        return None
+    if isinstance(document, dict):
+        return (document.get("links") or {}).get("next") or None
+    links = getattr(document, "links", None)
+    return getattr(links, "next", None) or None
 
 
 def _rebase(url: str, base: Any) -> str:
@@ -158,12 +181,25 @@ def _rebase(url: str, base: Any) -> str:
     return f"{base.scheme}://{base.netloc}{path}" + (f"?{parts.query}" if parts.query else "")
 
 
+def _read_body(response: requests.Response) -> bytes:
+    """The whole body in one read (requests' ``.content`` reads it in 10 kB chunks)."""
+    if getattr(response, "_content_consumed", False) or response.raw is None:
+        return response.content
+    try:
+        body = response.raw.read(decode_content=True)
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+        raise TruncatedBody(f"connection dropped while reading the body: {type(exc).__name__}") from None
+    response._content = body  # type: ignore[attr-defined]
+    response._content_consumed = True  # type: ignore[attr-defined]
+    return body
+
+
 class _ParsingRESTClient(RESTClient):
     def extract_response(self, response: requests.Response, data_selector: Any) -> list[Any]:
         document = getattr(response, "klaviyo_document", None)
         if document is None:
             raise self._owner.error_for(response)
-        data = document.get("data")
+        data = document.get("data") if isinstance(document, dict) else document.data
         if data is None:
             return []
         return data if isinstance(data, list) else [data]
@@ -223,12 +259,11 @@ class KlaviyoClient:
             request_backoff_factor=backoff_factor,
             request_max_retry_delay=max_retry_delay,
         )
+        self._http.use_environment_proxies(self.base_url)
 
     # -- pacing ---------------------------------------------------------------------------
-    def pacer_for(self, path_url: str) -> Pacer | None:
-        """The pacer of the bucket serving this request (path + query)."""
-        if not self._pacers:
-            return None
+    def bucket_for(self, path_url: str) -> Bucket | None:
+        """The rate-limit bucket serving this request (path + query)."""
         path, _, query = path_url.partition("?")
         if self._base_path and path.startswith(self._base_path):
             path = path[len(self._base_path):]
@@ -238,21 +273,37 @@ class KlaviyoClient:
                 if bucket.marker is None:
                     chosen = chosen or bucket
                 elif bucket.marker in query:
-                    chosen = bucket
-                    break
-        return self._pacers.get(chosen.name) if chosen else None
+                    return bucket
+        return chosen
+
+    def pacer(self, bucket: Bucket | None) -> Pacer | None:
+        return self._pacers.get(bucket.name) if bucket is not None else None
+
+    def pacer_for(self, path_url: str) -> Pacer | None:
+        """The pacer of the bucket serving this request, None when pacing is off."""
+        return self.pacer(self.bucket_for(path_url))
+
+    def tiers(self) -> dict[str, RateTier]:
+        return {b.name: b.tier for b in self._buckets}
 
     # -- requests -------------------------------------------------------------------------
-    def _hook(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    def _hook(self, response: requests.Response, *args: Any, decoder: Any = None, **kwargs: Any) -> requests.Response:
         if response.status_code >= 400:
             if response.status_code in DEFAULT_RETRY_STATUS:
                 return response  # the retry layer decides; extract_response raises if retries run out
             raise self.error_for(response)
-        body = response.content  # may raise ChunkedEncodingError (dropped mid-body): retried
+        body = _read_body(response)  # raises TruncatedBody when the connection drops mid-body: retried
         try:
-            response.klaviyo_document = orjson.loads(body) if body else {}  # type: ignore[attr-defined]
-        except orjson.JSONDecodeError:
+            if decoder is not None:
+                document = decoder.decode(body)
+            else:
+                document = orjson.loads(body) if body else {}
+        except (orjson.JSONDecodeError, msgspec.DecodeError) as exc:
+            if isinstance(exc, msgspec.ValidationError):  # complete JSON of an unexpected shape
+                raise KlaviyoAPIError(self.mask(f"Klaviyo {self.endpoint(response)} -> {response.status_code}: "
+                                                f"unexpected response body ({exc})"), response) from None
             raise TruncatedBody(f"incomplete JSON body from {self.endpoint(response)}") from None
+        response.klaviyo_document = document  # type: ignore[attr-defined]
         return response
 
     def endpoint(self, response: requests.Response) -> str:
@@ -278,10 +329,12 @@ class KlaviyoClient:
         client._owner = self  # type: ignore[attr-defined]
         return client
 
-    def pages(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """Every page of a list endpoint, following ``links.next``; yields parsed documents."""
+    def pages(self, path: str, params: dict[str, Any] | None = None, decoder: Any = None) -> Iterator[Any]:
+        """Every page of a list endpoint, following ``links.next``; yields parsed documents
+        (orjson dicts, or what the msgspec ``decoder`` makes of each body)."""
         client = self.rest_client()
-        for page in client.paginate(path, params=params, hooks={"response": [self._hook]}):
+        hook = functools.partial(self._hook, decoder=decoder)
+        for page in client.paginate(path, params=params, hooks={"response": [hook]}):
             yield page.response.klaviyo_document  # type: ignore[attr-defined]
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -24,11 +24,16 @@ class RateTier:
     steady_per_minute: int
 
     def min_seconds(self, requests: int, scale: float = 1.0) -> float:
-        """Least wall time the limits allow for ``requests`` calls (the first call at t=0)."""
+        """Least wall time the limits allow for ``requests`` calls (the first at t=0).
+
+        Calls go out ``burst`` per second until ``steady`` fill the minute, then wait for the
+        next minute: call k is at ``60*floor(k/steady) + floor((k mod steady)/burst)`` seconds.
+        """
         if requests <= 1:
             return 0.0
-        n = requests - 1
-        return max((n // self.burst_per_second) * 1.0, (n // self.steady_per_minute) * 60.0) * scale
+        k = requests - 1
+        steady, burst = self.steady_per_minute, self.burst_per_second
+        return (60.0 * (k // steady) + float((k % steady) // burst)) * scale
 
 
 class Pacer:

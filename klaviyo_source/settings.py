@@ -28,3 +28,6 @@ PACING_MARGIN = 0.02
 EVENT_WINDOW_MIN_SECONDS = 24 * 3600
 EVENT_WINDOWS = 8
 EVENT_WORKERS = 4
+
+# Pages are concatenated into arrow tables of about this many rows before dlt sees them.
+ARROW_BATCH_ROWS = 50_000
