@@ -126,9 +126,19 @@ def prepare_sql(config: ReverseSyncConfig, schema: pa.Schema) -> tuple[str, list
         checks.append("WHEN __props_json IS NOT NULL AND len(list_filter(json_keys(CAST(__props_json AS JSON)), "
                       "lambda k: k = '' OR starts_with(k, '$'))) > 0 "
                       f"THEN '{config.properties_json}: property names must not be empty or start with $'")
+    for consent in config.consent:
+        if consent.consented_at:  # bulk_subscribe_profiles: historical consent must be in the past
+            at = f"__consent_{consent.channel}_at"
+            checks.append(f"WHEN {at} > now() THEN '{consent.consented_at}: consent time ' || CAST({at} AS VARCHAR) "
+                          "|| ' is in the future'")
+            raw = f"__raw_{consent.channel}_at"
+            selects.append(f"CAST({q(consent.consented_at)} AS VARCHAR) AS {raw}")
+            checks.append(f"WHEN {raw} IS NOT NULL AND {at} IS NULL "
+                          f"THEN '{consent.consented_at}: not a timestamp: ' || {raw}")
     checks.append(f"WHEN strlen(__payload) > {MAX_PROFILE_BYTES} "
                   f"THEN 'profile payload is ' || strlen(__payload) || ' bytes; Klaviyo accepts up to {MAX_PROFILE_BYTES}'")
     raw_excluded = "".join(f", __raw_{a}" for a in ("latitude", "longitude") if f"location.{a}" in config.columns)
+    raw_excluded += "".join(f", __raw_{c.channel}_at" for c in config.consent if c.consented_at)
     struct = ", ".join(f"{q(f)} := {q(f)}" for f in fields)
     consent_key = "concat_ws(',', " + ", ".join(consent_parts) + ")" if consent_parts else "CAST(NULL AS VARCHAR)"
     # nested subqueries, not CTEs: DuckDB pipelines them without materialising wide intermediates

@@ -132,3 +132,13 @@ def test_bulk_jobs_respect_the_profile_count_and_payload_size():
     ranges = list(batches(big))
     assert all(sum(len(p) + 1 for p in big[a:b]) + 200 <= 5_000_000 for a, b in ranges)
     assert ranges[0] == (0, 83) and ranges[-1][1] == 200
+
+
+def test_consent_time_must_be_a_past_timestamp():
+    config = ReverseSyncConfig.from_dict({"name": "t", "table": "aud", "identifiers": {"email": "email"},
+                                          "consent": {"email": {"column": "ok", "consented_at": "at"}}})
+    rows = pa.table({"email": ["a@x.com", "b@x.com", "c@x.com", "d@x.com"], "ok": [True, True, True, False],
+                     "at": ["2024-01-01T00:00:00Z", "2999-01-01T00:00:00Z", "garbage", None]})
+    work = plan(config, rows, empty_state())
+    assert [r["reason"].split(":")[0] for r in work.rejected.to_pylist()] == ["at", "at"]
+    assert work.consents.column("__identity").to_pylist() == ["email:a@x.com"]  # d@x.com did not consent
