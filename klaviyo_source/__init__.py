@@ -113,7 +113,8 @@ def klaviyo_source(
     if auth not in settings.AUTH_SCHEMES:
         raise KlaviyoConfigError(f"auth={auth!r} is unknown; use one of {', '.join(settings.AUTH_SCHEMES)}")
     key = _api_key(api_key, auth)
-    if not base_url:
+    if not base_url or (auth == "maton" and base_url.rstrip("/") == settings.KLAVIYO_BASE_URL):
+        # maton goes through the gateway unless another URL (e.g. a sandbox's) is given
         base_url = settings.MATON_GATEWAY_URL if auth == "maton" else settings.KLAVIYO_BASE_URL
     start = parse_datetime(start_date, "start_date")
     end = parse_datetime(end_date, "end_date")

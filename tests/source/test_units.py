@@ -167,3 +167,34 @@ def test_typed_decoding_matches_the_dict_path():
     assert fast.to_pylist() == slow.select(fast.column_names).to_pylist()
     assert fast.column("value").to_pylist() == [12.5, None]
     assert fast.column("event_properties").to_pylist()[0] == '{"$value":12.5,"$message":"m1","Items":[1,2]}'
+
+
+def _client(source):
+    return next(iter(source.resources.values())).reader.client
+
+
+def test_configured_the_dlt_way_and_from_plain_env_vars(monkeypatch):
+    from klaviyo_source import describe, klaviyo_source
+    from klaviyo_source.settings import MATON_GATEWAY_URL
+
+    for name in ("SOURCES__KLAVIYO__API_KEY", "KLAVIYO_API_KEY", "MATON_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(Exception) as missing:
+        klaviyo_source(resources=["profiles"])
+    assert "SOURCES__KLAVIYO__API_KEY" in describe(missing.value) and "\n" not in describe(missing.value)
+
+    monkeypatch.setenv("SOURCES__KLAVIYO__API_KEY", "pk_from_dlt_env")
+    client = _client(klaviyo_source(resources=["profiles"]))
+    assert client.auth.api_key == "Klaviyo-API-Key pk_from_dlt_env"
+    assert client.headers["revision"] == "2026-07-15"
+    monkeypatch.delenv("SOURCES__KLAVIYO__API_KEY")
+
+    monkeypatch.setenv("KLAVIYO_API_KEY", "pk_from_plain_env")
+    assert _client(klaviyo_source(resources=["profiles"])).auth.api_key == "Klaviyo-API-Key pk_from_plain_env"
+
+    monkeypatch.setenv("MATON_API_KEY", "maton_key")
+    client = _client(klaviyo_source(auth="maton", maton_connection="conn-1", resources=["profiles"]))
+    assert client.base_url == MATON_GATEWAY_URL
+    assert client.auth.token == "maton_key"
+    assert client.headers["Maton-Connection"] == "conn-1"
+    assert _client(klaviyo_source(auth="bearer", api_key="oauth_tok", resources=["profiles"])).auth.token == "oauth_tok"
