@@ -132,3 +132,19 @@ def test_sparse_fieldsets_may_omit_required_attributes_but_nothing_else():
     del sparse["data"][0]["id"]
     with pytest.raises(ConformanceError, match="'id' is a required property"):
         validate_response("GET", "/api/campaigns?fields[campaign]=name", 200, sparse)
+
+
+def test_known_drift_entries_excuse_only_what_they_name(monkeypatch):
+    from klaviyo_sandbox import conformance
+
+    monkeypatch.setattr(conformance, "KNOWN_DRIFT", [conformance.KnownDrift(
+        r"get_profiles", r"\.attributes$", r"'favourite_colour' was unexpected", "example")])
+    body = copy.deepcopy(PROFILE_PAGE)
+    body["data"][0]["attributes"]["favourite_colour"] = "red"
+    conformance.default_validator().validate("GET", "/api/profiles", 200, body, tolerate=conformance.tolerated)
+    body["data"][0]["attributes"]["email"] = 42
+    with pytest.raises(ConformanceError, match="attributes.email"):
+        conformance.default_validator().validate("GET", "/api/profiles", 200, body, tolerate=conformance.tolerated)
+    with pytest.raises(ConformanceError, match="favourite_colour"):  # direct validation stays strict
+        validate_response("GET", "/api/profiles", 200, body)
+    assert conformance.DRIFT.tolerated.pop("get_profiles example") >= 1
