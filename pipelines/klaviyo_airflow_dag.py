@@ -21,6 +21,8 @@ next to the DAG or in the Airflow Variable ``dlt_secrets_toml``):
   KLAVIYO_DLT_SCHEDULE                          cron of the data intervals (default "0 0 * * *", UTC)
   KLAVIYO_DLT_START_DATE                        first data interval (default 2024-01-01)
   KLAVIYO_DLT_REVERSE_SYNC_CONFIG               reverse-sync config file (TOML/YAML); unset → task skipped
+  KLAVIYO_DLT_RESOURCES                         comma-separated resources to sync (default: all)
+  KLAVIYO_DLT_RETRIES                           Airflow retries per task (default 3, exponential backoff)
   MATON_API_KEY, MATON_CTRL_URL, KLAVIYO_DLT_GATEWAY_URL   for ``klaviyo_dlt_all_connections``
 """
 
@@ -59,7 +61,7 @@ RESOURCE_GROUPS: dict[str, tuple[str, ...]] = {
 
 DEFAULT_ARGS = {
     "owner": "data",
-    "retries": 3,
+    "retries": int(os.environ.get("KLAVIYO_DLT_RETRIES", "3")),
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
@@ -74,6 +76,9 @@ def _env(name: str, default: str | None = None) -> str | None:
 def resource_groups() -> dict[str, list[str]]:
     """The groups restricted to the resources the installed source offers (empty groups dropped)."""
     available = [s.name for s in STREAMS]
+    if _env("KLAVIYO_DLT_RESOURCES"):
+        wanted = [r.strip() for r in _env("KLAVIYO_DLT_RESOURCES").split(",") if r.strip()]
+        available = [n for n in available if n in wanted]
     groups: dict[str, list[str]] = {}
     grouped: set[str] = set()
     for group, names in RESOURCE_GROUPS.items():
@@ -207,7 +212,7 @@ with DAG(
     tags=["klaviyo", "dlt", "maton"],
 ) as klaviyo_dlt_all_connections:
 
-    @task(retries=2)
+    @task
     def list_connections() -> list[dict[str, Any]]:
         """Every klaviyo connection (ACTIVE synced; FAILED mapped too, so its task fails visibly)."""
         from klaviyo_source.accounts import connection_targets
@@ -235,8 +240,9 @@ with DAG(
                                maton_connection=connection["maton_connection"], problem=connection["problem"])
         workdir = tempfile.mkdtemp(prefix="klaviyo_dlt_")
         try:
+            resources = [r for group in resource_groups().values() for r in group]
             opts = SyncOptions(
-                start_date=start, end_date=end, destination=_env("KLAVIYO_DLT_DESTINATION", "duckdb"),
+                resources=resources, start_date=start, end_date=end, destination=_env("KLAVIYO_DLT_DESTINATION", "duckdb"),
                 duckdb_path=duckdb_path(), dataset_name=dataset_name(), pipeline_name="klaviyo",
                 api_key=_env("MATON_API_KEY"), pipelines_dir=workdir,
             )
