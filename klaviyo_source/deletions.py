@@ -104,8 +104,11 @@ def with_sweep(stream: Any, client: Any, tables: Iterable[pa.Table], *, full_rea
             if top is not None and (highest is None or top > highest):
                 highest = top
         yield table
+    stored = stored_active_ids(stream.name, key)
+    if not stored - seen:
+        return  # nothing stored is missing from this read (always so on a first run): no listing needed
     served = seen if full_read else live_ids(client, stream) | seen
-    marked = list(vanished_rows(stream.name, key, served, mode))
+    marked = list(vanished_rows(stream.name, key, served, mode, stored=stored))
     if not marked:
         return
     if incremental is not None:
@@ -211,10 +214,10 @@ def rows_to_table(rows: list[dict[str, Any]], columns: dict[str, Any]) -> pa.Tab
                      for name in names})
 
 
-def vanished_rows(table: str, key: str, served: set[str], mode: str,
-                  now: datetime | None = None) -> Iterator[pa.Table]:
+def vanished_rows(table: str, key: str, served: set[str], mode: str, now: datetime | None = None,
+                  stored: set[str] | None = None) -> Iterator[pa.Table]:
     """The records stored but no longer served, marked with ``deleted_at`` (soft) or for removal (hard)."""
-    vanished = sorted(stored_active_ids(table, key) - served)
+    vanished = sorted((stored_active_ids(table, key) if stored is None else stored) - served)
     if not vanished:
         return
     stamp = now or utc_now()
