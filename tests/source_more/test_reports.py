@@ -62,3 +62,20 @@ def test_reports_reread_their_window_without_duplicate_rows(runner):
     assert runner.rows(
         f"SELECT sum(recipients) FROM flow_series_reports WHERE flow_message_id = '{flow_message.id}' "
         f"AND date = '{late_day.isoformat()}'") == [(recipients_before + 1,)]
+
+
+def test_metric_aggregates_days_are_cut_in_the_configured_timezone(duckdb_runner):
+    from zoneinfo import ZoneInfo
+
+    runner, sb = duckdb_runner, duckdb_runner.sb
+    zone = ZoneInfo("Asia/Tokyo")
+    runner.run(["metric_aggregates"], report_timezone="Asia/Tokyo")
+    opened = next(r.id for r in truth(sb, "metric") if r.attributes["name"] == "Opened Email")
+    per_day: dict = {}
+    for (stamp,) in sb.store.execute("SELECT datetime FROM events WHERE account = ? AND rel_metric = ?",
+                                     [sb.account.id, opened]).fetchall():
+        day = stamp.replace(tzinfo=dt.timezone.utc).astimezone(zone).date()
+        per_day[day] = per_day.get(day, 0) + 1
+    loaded = dict(runner.rows(f"SELECT date, count FROM metric_aggregates WHERE metric_id = '{opened}'"))
+    assert runner.rows("SELECT DISTINCT timezone FROM metric_aggregates") == [("Asia/Tokyo",)]
+    assert {d: c for d, c in loaded.items() if c} == {d: c for d, c in per_day.items() if d >= min(loaded)}
