@@ -243,7 +243,7 @@ class Generator:
         store.bulk_insert(acct, "campaign-message", messages, inserted_at=two_years)
 
         # flows, actions, messages
-        flows, actions, flow_messages = [], [], []
+        flows, actions, flow_messages, flow_action_groups = [], [], [], []
         for n, (name, trigger) in enumerate([("Welcome Series", "Added to List"), ("Abandoned Cart", "Metric"),
                                              ("Browse Abandonment", "Metric"), ("Post-Purchase", "Metric"),
                                              ("Birthday", "Date Based"), ("Win-back", "Metric"), ("Price Drop", "Price Drop")]):
@@ -252,8 +252,11 @@ class Generator:
             flows.append({"id": fid, "attributes": {"name": name, "status": ["live", "draft", "manual"][n % 3],
                                                     "archived": n == 6, "created": iso(created), "updated": iso(when(created)),
                                                     "trigger_type": trigger}})
-            for a in range(2 + n % 2):
+            n_actions = 2 + n % 2
+            flow_definitions = []
+            for a in range(n_actions):
                 aid = mid("flow-action", n * 10 + a)
+                next_id = mid("flow-action", n * 10 + a + 1) if a + 1 < n_actions else None
                 is_send = a % 2 == 0
                 if is_send:
                     definition = {"id": aid, "type": "send-email", "data": {"message": {
@@ -262,10 +265,12 @@ class Generator:
                         "subject_line": f"{name}: step {a + 1}", "preview_text": "A note from us",
                         "template_id": template_ids[(n + a) % 6], "smart_sending_enabled": True,
                         "transactional": False, "add_tracking_params": False, "custom_tracking_params": None,
-                        "additional_filters": None}, "status": ["live", "draft", "manual"][n % 3]}}
+                        "additional_filters": None}, "status": ["live", "draft", "manual"][n % 3]},
+                        "links": {"next": next_id}}
                 else:
-                    definition = {"id": aid, "type": "time-delay", "data": {
+                    definition = {"id": aid, "type": "time-delay", "links": {"next": next_id}, "data": {
                         "unit": "days", "value": 1 + a, "secondary_value": None, "timezone": "profile"}}
+                flow_definitions.append(definition)
                 actions.append({"id": aid, "relationships": {"flow": fid}, "attributes": {
                     "created": iso(created), "updated": iso(when(created)), "definition": definition,
                     "_type": definition["type"]}})
@@ -275,6 +280,19 @@ class Generator:
                                           "attributes": {"channel": "email",
                                                          "created": iso(created), "updated": iso(when(created)),
                                                          "definition": None}})
+            flow_action_groups.append(flow_definitions)
+        for flow, actions_of_flow in zip(flows, flow_action_groups):
+            trigger_type = flow["attributes"]["trigger_type"]
+            if trigger_type == "Added to List":
+                trigger: dict[str, Any] = {"type": "list", "id": lists[0]["id"]}
+            elif trigger_type == "Date Based":
+                trigger = {"type": "date", "date_field_type": "profile-property", "date_profile_property": "Birthday",
+                           "timedelta_unit_before_date": "days", "timedelta_value_before_date": 0,
+                           "recurrence_frequency": "annually", "timezone": "profile", "trigger_time": "09:00"}
+            else:
+                trigger = {"type": "metric", "id": metric_ids[4 + len(actions_of_flow) % 4], "trigger_filter": None}
+            flow["attributes"]["definition"] = {"triggers": [trigger], "profile_filter": None,
+                                                "actions": actions_of_flow, "entry_action_id": actions_of_flow[0]["id"]}
         store.bulk_insert(acct, "flow", flows, inserted_at=two_years)
         store.bulk_insert(acct, "flow-action", actions, inserted_at=two_years)
         store.bulk_insert(acct, "flow-message", flow_messages, inserted_at=two_years)

@@ -114,6 +114,22 @@ def related_source(ctx: RequestContext, parent: Kind, rel: ToOne | Children | Li
     raise TypeError(rel)
 
 
+# -- additional-fields[...] ------------------------------------------------------------------
+_MEMBER_COUNT = ("(SELECT count(*) FROM links x WHERE x.account = t.account AND x.link = '{link}' AND x.a = t.id)"
+                 "::VARCHAR")
+COMPUTED_EXTRAS = {
+    ("list", "profile_count"): _MEMBER_COUNT.format(link="list_members"),
+    ("segment", "profile_count"): _MEMBER_COUNT.format(link="segment_members"),
+}
+
+
+def extra_sql(kind: Kind, name: str) -> str:
+    """SQL giving an additional field's JSON text (stored ``x_<name>`` column, or computed); NULL = omitted."""
+    if name in kind.extras:
+        return f"t.{extra_column(name)}"
+    return COMPUTED_EXTRAS.get((kind.type, name), "NULL")
+
+
 # -- field -> SQL ---------------------------------------------------------------------------
 _SUBSCRIPTION_FIELD = re.compile(r"^subscriptions\.(.+)\.(suppression|list_suppressions)\.(\w+)$")
 
@@ -380,7 +396,7 @@ def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, condit
     # for the page only -- DuckDB would otherwise compute projections for every filtered row.
     inner = [f"{source.seq_expr} AS _seq", "t.id AS id", "t.attrs AS attrs"]
     inner += [f"t.{rel_column(r)} AS {rel_column(r)}" for r in kind.to_one]
-    inner += [f"t.{extra_column(x)} AS {extra_column(x)}" for x in options.additional]
+    inner += [f"{extra_sql(kind, x)} AS {extra_column(x)}" for x in options.additional]
     inner.append(f"{sort_expr} AS _sort")
     attrs = "p.attrs"
     if source.joined and kind.type == "profile":  # list/segment members carry joined_group_at (H6)
@@ -496,9 +512,10 @@ def collection_response(ctx: RequestContext, source: Source):
 
 
 def _fetch_one(ctx: RequestContext, kind: Kind, id_: str, options: ReadOptions) -> tuple:
-    columns = ["seq", "id", "attrs"] + [rel_column(r) for r in kind.to_one] + [extra_column(x) for x in options.additional]
+    columns = ["t.seq", "t.id", "t.attrs"] + [f"t.{rel_column(r)}" for r in kind.to_one]
+    columns += [extra_sql(kind, x) for x in options.additional]
     row = ctx.store.execute(
-        f"SELECT {', '.join(columns)} FROM {kind.table} WHERE account = ? AND id = ?", [ctx.account, id_]).fetchone()
+        f"SELECT {', '.join(columns)} FROM {kind.table} t WHERE t.account = ? AND t.id = ?", [ctx.account, id_]).fetchone()
     if row is None:
         raise not_found(f"A {kind.type} with id {id_} does not exist.")
     return row

@@ -166,7 +166,7 @@ KINDS: dict[str, Kind] = {
         Kind("flow", "flows", "flows",
              columns={"name": _s("name"), "status": _s("status"), "archived": _b("archived"), "trigger_type": _s("trigger_type"),
                       "created": _ts("created"), "updated": _ts("updated")},
-             updated_attr="updated", created_attr="created"),
+             extras=("definition",), updated_attr="updated", created_attr="created"),
         Kind("flow-action", "flow_actions", "flow-actions",
              columns={"action_type": _s("_type"),
                       "created": _ts("created"), "updated": _ts("updated")},

@@ -219,3 +219,19 @@ def test_accounts_are_isolated(sandbox, make_api):
     assert first.ok("/api/accounts")["data"][0]["id"] == sandbox.accounts[0].id
     assert second.ok("/api/accounts")["data"][0]["id"] == sandbox.accounts[1].id
     assert first.get(f"/api/profiles/{next(iter(b))}").status_code == 404
+
+
+def test_additional_fields_profile_count_and_flow_definition(api, sandbox):
+    for collection, type_, link in (("lists", "list", "list_members"), ("segments", "segment", "segment_members")):
+        for group in api.ok(f"/api/{collection}")["data"]:
+            plain = api.ok(f"/api/{collection}/{group['id']}")["data"]["attributes"]
+            assert "profile_count" not in plain
+            counted = api.ok(f"/api/{collection}/{group['id']}", **{f"additional-fields[{type_}]": "profile_count"})
+            assert counted["data"]["attributes"]["profile_count"] == len(sandbox.store.members(api.account, type_, group["id"]))
+    for flow in api.ok("/api/flows")["data"]:
+        assert "definition" not in flow["attributes"]
+        body = api.ok(f"/api/flows/{flow['id']}", **{"additional-fields[flow]": "definition"})
+        definition = body["data"]["attributes"]["definition"]
+        action_ids = [a["id"] for a in api.ok(f"/api/flows/{flow['id']}/flow-actions")["data"]]
+        assert [a["id"] for a in definition["actions"]] == action_ids
+        assert definition["entry_action_id"] == action_ids[0] and len(definition["triggers"]) == 1
