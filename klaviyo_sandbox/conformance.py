@@ -225,13 +225,68 @@ class _FastCheck:
             for part in ref.lstrip("#/").split("/"):
                 node = node[part]
             cell.append(self.compile(node, loose))
+            self.refs[key] = cell[0]  # later users call the compiled check directly
         return self.refs[key]
+
+    def _fused(self, schema: dict[str, Any], loose: bool) -> Callable[[Any], bool] | None:
+        """One closure for the two shapes that make up most of a page: plain objects and scalars."""
+        kinds = schema.get("type")
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds or ())
+        nullable = "null" in kinds
+        keys = set(schema)
+        options = schema.get("anyOf")
+        if keys == {"anyOf"} and len(options) == 2 and {"type": "null"} in options:  # a nullable $ref
+            other = self.compile(options[1 - options.index({"type": "null"})], loose)
+            return lambda v: v is None or other(v)
+        if kinds and set(kinds) <= {"object", "null"} and "object" in kinds and keys <= {
+                "type", "properties", "required", "additionalProperties"}:
+            props = {name: self.compile(sub, loose or (self.sparse and name == "attributes"))
+                     for name, sub in schema.get("properties", {}).items()}
+            required = () if loose else tuple(schema.get("required", ()))
+            extra_schema = schema.get("additionalProperties", True)
+            closed = extra_schema is False
+            extra = None if isinstance(extra_schema, bool) else self.compile(extra_schema, loose)
+
+            def check_object(v: Any) -> bool:
+                if v is None:
+                    return nullable
+                if not isinstance(v, dict):
+                    return False
+                for key, item in v.items():
+                    sub = props.get(key)
+                    if sub is None:
+                        if closed or (extra is not None and not extra(item)):
+                            return False
+                    elif not sub(item):
+                        return False
+                return all(name in v for name in required)
+
+            return check_object
+        if kinds and "object" not in kinds and "array" not in kinds and keys <= {"type", "format", "enum"}:
+            type_checks = tuple(_TYPES[t] for t in kinds if t != "null")
+            allowed = schema.get("enum")
+            ok = _conforms(schema["format"]) if "format" in schema else None
+
+            def check_scalar(v: Any) -> bool:
+                if v is None:
+                    return nullable or (allowed is not None and None in allowed)
+                if not any(t(v) for t in type_checks):
+                    return False
+                if allowed is not None and not any(_same(v, a) for a in allowed):
+                    return False
+                return ok is None or not isinstance(v, str) or ok(v)
+
+            return check_scalar
+        return None
 
     def compile(self, schema: Any, loose: bool = False) -> Callable[[Any], bool]:
         if schema is True or schema == {}:
             return lambda v: True
         if schema is False:
             return lambda v: False
+        fused = self._fused(schema, loose)
+        if fused is not None:
+            return fused
         checks: list[Callable[[Any], bool]] = []
         for key, value in schema.items():
             if key == "$ref":
