@@ -4,7 +4,8 @@ Registered for the whole suite from ``tests/conftest.py`` (``pytest_plugins``). 
 validation on for every ``Sandbox`` (``KLAVIYO_SANDBOX_VALIDATE=1``, inherited by sandboxes run
 in subprocesses too, which log drift), and after each test fails it when any response drifted
 from the spec, naming the operation, status and JSON path.  A test that provokes drift on
-purpose drains :data:`klaviyo_sandbox.conformance.DRIFT` itself.
+purpose drains :data:`klaviyo_sandbox.conformance.DRIFT` itself.  ``KLAVIYO_SANDBOX_VALIDATE=0``
+switches validation off for a run (e.g. to time the connector without it).
 """
 
 from __future__ import annotations
