@@ -240,11 +240,12 @@ class _Pusher:
         for number, (start, end) in enumerate(batches(encoded, self.config.batch_size, self.config.max_batch_bytes)):
             job_id, failures = self.writer.bulk_import(profiles[start:end], self.list_id if list_target else None)
             self.report.jobs += 1
-            saved, rejects, conflicts = [], [], []
+            saved, rejects, conflicts, unclear = [], [], [], []
             for offset, row in enumerate(rows[start:end]):
                 failure = failures.get(offset)
                 if failure is not None:
-                    rejects.append((row["__identity"], failure.reason, encoded[start + offset].decode()))
+                    stage_list = conflicts if failure.code == "duplicate_profile" else rejects
+                    stage_list.append((row["__identity"], failure.reason, encoded[start + offset].decode()))
                     continue
                 next_state = self._base(row)
                 next_state.update(profile_hash=row["__hash"], present_fields=row["__present"], job_id=job_id)
@@ -259,7 +260,7 @@ class _Pusher:
                     if problem is not None:
                         # keep the old hash: the next run retries the clear
                         next_state.update(profile_hash=row["__prev_hash"], present_fields=row["__prev_present"])
-                        stage_list = conflicts if problem.code == "duplicate_profile" else rejects
+                        stage_list = conflicts if problem.code == "duplicate_profile" else unclear
                         stage_list.append((row["__identity"], problem.reason, orjson.dumps(body).decode()))
                         saved.append(next_state)
                         continue
@@ -274,6 +275,7 @@ class _Pusher:
             self.report.sent += end - start
             self._reject("import_error", rejects)
             self._reject("conflict", conflicts)
+            self._reject("clear", unclear)
             self._save(saved)
             self.report.requests = self.writer.requests
             if self.on_batch:

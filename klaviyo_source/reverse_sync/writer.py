@@ -94,7 +94,8 @@ class Failure:
     @property
     def reason(self) -> str:
         extra = f" (duplicate_profile_id {self.meta['duplicate_profile_id']})" if "duplicate_profile_id" in self.meta else ""
-        return f"{self.status} {self.code}: {self.detail}{extra}"
+        status = f"{self.status} " if self.status else ""
+        return f"{status}{self.code}: {self.detail}{extra}"
 
 
 class KlaviyoWriter:

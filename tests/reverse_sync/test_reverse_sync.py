@@ -173,7 +173,7 @@ def test_local_rejects_and_conflicts_land_in_rejects_table(warehouse, load, sand
     found = {(r["stage"], r["identity_key"]): r for r in rejects(warehouse)}
     assert "invalid email" in found[("local", "email:not-an-email")]["reason"]
     assert any(stage == "local" and key is None and "no identifier" in r["reason"] for (stage, key), r in found.items())
-    clash = found[("import_error", "external_id:ext-owned")]
+    clash = found[("conflict", "external_id:ext-owned")]
     assert "duplicate_profile" in clash["reason"] and "holder@audience.test" in clash["row_json"]
     assert profile_by_email(client, "not-an-email") is None
     assert member_emails(client, report.list_id) == ["ok@audience.test"]
