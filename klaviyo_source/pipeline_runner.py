@@ -148,7 +148,7 @@ def _source_factory() -> Any:
     return klaviyo_source
 
 
-def build_source(opts: SyncOptions, resources: Sequence[str] | None = None, hooks: Any = None) -> Any:
+def build_source(opts: SyncOptions, resources: Sequence[str] | None = None, progress: Any = None) -> Any:
     """The ``klaviyo_source`` configured from ``opts`` with ``resources`` (default: all) selected."""
     factory = _source_factory()
     wanted = {
@@ -163,8 +163,6 @@ def build_source(opts: SyncOptions, resources: Sequence[str] | None = None, hook
     }
     if resources:
         wanted["resources"] = list(resources)
-    if hooks is not None:
-        wanted["response_hooks"] = hooks
     accepted = _accepted_parameters(factory)
     kwargs = {k: v for k, v in wanted.items() if v is not None and (accepted is None or k in accepted)}
     source = factory(**kwargs)
@@ -174,7 +172,20 @@ def build_source(opts: SyncOptions, resources: Sequence[str] | None = None, hook
         if unknown:
             raise UsageError(f"unknown resource '{unknown[0]}'; choose from: {', '.join(known)}")
         source = source.with_resources(*resources)
+    if hasattr(progress, "watch_http"):
+        stats = _http_stats(source)
+        if stats is not None:
+            progress.watch_http(stats)
     return source
+
+
+def _http_stats(source: Any) -> Any:
+    """The request counters of the source's HTTP client (all resources share one client)."""
+    for resource in source.resources.values():
+        stats = getattr(getattr(getattr(resource, "reader", None), "client", None), "stats", None)
+        if stats is not None:
+            return stats
+    return None
 
 
 def resource_names() -> list[str]:
@@ -213,17 +224,16 @@ def run_sync(opts: SyncOptions, progress: Any = None, raise_errors: bool = True)
     result = SyncResult(opts.pipeline_name, opts.dataset_name, describe_destination(opts))
     try:
         validate(opts)
-        hooks = [progress.response_hook] if hasattr(progress, "response_hook") else None
         selected = list(opts.resources) if opts.resources else None
         pipeline = make_pipeline(opts, progress)
         runs: list[tuple[Any, str | None]] = []
         if opts.full_refresh:
-            runs.append((build_source(opts, list(opts.full_refresh), hooks), "drop_resources"))
+            runs.append((build_source(opts, list(opts.full_refresh), progress), "drop_resources"))
             rest = [r for r in (selected or resource_names()) if r not in opts.full_refresh]
             if rest:
-                runs.append((build_source(opts, rest, hooks), None))
+                runs.append((build_source(opts, rest, progress), None))
         else:
-            runs.append((build_source(opts, selected, hooks), opts.refresh))
+            runs.append((build_source(opts, selected, progress), opts.refresh))
         for source, refresh in runs:
             info = pipeline.run(source, refresh=refresh) if refresh else pipeline.run(source)
             result.load_ids.extend(info.loads_ids)

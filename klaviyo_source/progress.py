@@ -1,10 +1,10 @@
-"""Progress of a running sync: rows per table from dlt's collector protocol, plus HTTP pages and
-429 waits per endpoint counted from the Klaviyo responses.
+"""Progress of a running sync: rows per table from dlt's collector protocol, plus HTTP requests
+per endpoint and 429 waits read from the source's HTTP client counters.
 
 ``SyncProgress`` is a dlt ``Collector`` (pass it as ``dlt.pipeline(progress=...)``).  It renders
 as a live rich table on a terminal, as periodic plain lines elsewhere, or as JSON lines for
-schedulers (``--log-format json``).  ``response_hook`` is a ``requests`` response hook that
-counts pages and rate-limit waits; it sees URLs only, never headers, so no key can leak.
+schedulers (``--log-format json``).  ``watch_http(stats)`` attaches the source client's counters
+(``requests``, ``status_429``, ``by_bucket``: endpoint → requests); they hold no URLs or headers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import threading
 import time
 from collections import defaultdict
 from typing import Any, Literal, TextIO
-from urllib.parse import urlsplit
 
 from dlt.common.runtime.collector_base import Collector
 
@@ -23,7 +22,7 @@ ProgressMode = Literal["rich", "text", "json", "off"]
 
 
 class SyncProgress(Collector):
-    """dlt progress collector with per-resource rows, pages and 429 waits."""
+    """dlt progress collector with per-resource rows, requests per endpoint and 429 waits."""
 
     def __init__(self, mode: ProgressMode = "text", period: float = 2.0, stream: TextIO | None = None,
                  label: str | None = None) -> None:
@@ -36,8 +35,7 @@ class SyncProgress(Collector):
         self.rows: dict[str, int] = defaultdict(int)          # extract: rows per table/resource
         self.step_counters: dict[str, int] = defaultdict(int)  # normalize/load counters
         self.step_totals: dict[str, int | None] = {}
-        self.pages: dict[str, int] = defaultdict(int)          # per endpoint (URL path)
-        self.waits_429: dict[str, int] = defaultdict(int)
+        self._http_stats: list[Any] = []
         self._started = time.monotonic()
         self._step_started = self._started
         self._last_emit = 0.0
@@ -82,19 +80,22 @@ class SyncProgress(Collector):
             self._live = None
 
     # --- HTTP accounting ----------------------------------------------------------------------
-    def response_hook(self, response: Any, *args: Any, **kwargs: Any) -> Any:
-        """``requests`` response hook: one page per 2xx GET, one wait per 429."""
-        endpoint = _endpoint(response.url)
-        with self._lock:
-            if response.status_code == 429:
-                self.waits_429[endpoint] += 1
-            elif response.status_code < 300 and response.request.method == "GET":
-                self.pages[endpoint] += 1
-        self._maybe_emit()
-        return response
+    def watch_http(self, stats: Any) -> None:
+        """Report the counters of the source's HTTP client (``klaviyo_source.client.HttpStats``)."""
+        self._http_stats.append(stats)
+
+    def _http_snapshot(self) -> tuple[dict[str, int], int]:
+        requests: dict[str, int] = defaultdict(int)
+        waits = 0
+        for stats in self._http_stats:
+            for bucket, count in dict(getattr(stats, "by_bucket", {}) or {}).items():
+                requests[_endpoint(bucket)] += count
+            waits += int(getattr(stats, "status_429", 0) or 0)
+        return dict(requests), waits
 
     def snapshot(self) -> dict[str, Any]:
         """Counters now, as plain data (also what JSON mode prints)."""
+        requests, waits = self._http_snapshot()
         with self._lock:
             return {
                 "event": "progress",
@@ -102,8 +103,8 @@ class SyncProgress(Collector):
                 "step": self.step,
                 "elapsed_s": round(time.monotonic() - self._started, 1),
                 "rows": dict(self.rows),
-                "pages": dict(self.pages),
-                "waits_429": dict(self.waits_429),
+                "requests": requests,
+                "waits_429": waits,
                 "counters": {k: (f"{v}/{self.step_totals[k]}" if self.step_totals.get(k) else v)
                              for k, v in self.step_counters.items()},
                 "eta_s": self._eta(),
@@ -145,27 +146,24 @@ class SyncProgress(Collector):
         snap = self.snapshot()
         title = f"{snap['account'] + ': ' if snap['account'] else ''}{snap['step'] or 'starting'}" \
                 f"  {snap['elapsed_s']}s" + (f"  ETA {snap['eta_s']}s" if snap["eta_s"] else "")
+        if snap["waits_429"]:
+            title += f"  429 waits {snap['waits_429']}"
         table = Table(title=title, title_justify="left")
         table.add_column("table / endpoint")
         table.add_column("rows", justify="right")
-        table.add_column("pages", justify="right")
-        table.add_column("429 waits", justify="right")
-        names = sorted(set(snap["rows"]) | set(snap["pages"]) | set(snap["waits_429"]))
+        table.add_column("requests", justify="right")
+        names = sorted(set(snap["rows"]) | set(snap["requests"]))
         for name in names:
-            table.add_row(name, str(snap["rows"].get(name, "")), str(snap["pages"].get(name, "")),
-                          str(snap["waits_429"].get(name, "")))
+            table.add_row(name, str(snap["rows"].get(name, "")), str(snap["requests"].get(name, "")))
         for key, value in snap["counters"].items():
             table.add_row(f"[dim]{key}[/dim]", str(value), "", "")
         return table
 
 
-def _endpoint(url: str) -> str:
-    """``/api/profiles`` from a full URL; the page cursor and filters are dropped."""
-    path = urlsplit(url).path
-    for prefix in ("/klaviyo/api/", "/api/"):
-        if prefix in path:
-            return path.split(prefix, 1)[1].strip("/") or path
-    return path
+def _endpoint(bucket: str) -> str:
+    """``profiles`` from a rate bucket name like ``GET /api/profiles`` (``[marker]`` tiers kept)."""
+    path = bucket.split(" ", 1)[-1]
+    return path.split("/api/", 1)[-1].strip("/") or path
 
 
 def _text_line(snap: dict[str, Any]) -> str:
@@ -173,10 +171,10 @@ def _text_line(snap: dict[str, Any]) -> str:
              f"{snap['elapsed_s']}s"]
     if snap["rows"]:
         parts.append("rows " + ", ".join(f"{k}={v}" for k, v in sorted(snap["rows"].items())))
-    if snap["pages"]:
-        parts.append("pages " + ", ".join(f"{k}={v}" for k, v in sorted(snap["pages"].items())))
+    if snap["requests"]:
+        parts.append("requests " + ", ".join(f"{k}={v}" for k, v in sorted(snap["requests"].items())))
     if snap["waits_429"]:
-        parts.append("429 waits " + ", ".join(f"{k}={v}" for k, v in sorted(snap["waits_429"].items())))
+        parts.append(f"429 waits {snap['waits_429']}")
     if snap["counters"]:
         parts.append(" ".join(f"{k}={v}" for k, v in snap["counters"].items()))
     if snap["eta_s"]:

@@ -146,5 +146,26 @@ def test_json_logs_for_schedulers(sandbox, tmp_path):
     err = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
     result = next(o for o in out if o.get("event") == "sync_result")
     assert result["ok"] and result["rows"]["profiles"] == len(_truth(sandbox, "profile"))
-    assert any(e.get("event") == "progress" and e.get("pages", {}) is not None for e in err)
+    assert any(e.get("event") == "progress" and e["requests"].get("profiles", 0) >= 1 for e in err)
     assert sandbox.api_key not in done.stdout + done.stderr
+
+
+def test_progress_counts_requests_and_429_waits(cli, sandbox, tmp_path, monkeypatch):
+    """JSON progress lines carry rows per table, requests per endpoint and the 429 waits the sync sat out."""
+    monkeypatch.setenv("KLAVIYO_API_KEY", sandbox.api_key)
+
+    def last_progress(name: str, *extra: str) -> dict:
+        run = cli("--log-format", "json", "sync", "profiles", "--base-url", sandbox.base_url,
+                  "--duckdb-path", str(tmp_path / f"{name}.duckdb"), "--pipelines-dir", str(tmp_path / name), *extra)
+        assert run.code == EXIT_OK, run.err
+        progress = [json.loads(line) for line in run.err.splitlines() if line.startswith("{")]
+        return [p for p in progress if p.get("event") == "progress"][-1]
+
+    calm = last_progress("calm")
+    sandbox.set_faults({"rules": [{"match": "GET /api/profiles", "kind": "throttle", "retry_after": 0.2, "times": 3}]})
+    stormy = last_progress("stormy")
+    assert calm["rows"]["profiles"] == stormy["rows"]["profiles"] == len(_truth(sandbox, "profile"))
+    assert calm["waits_429"] == 0 and stormy["waits_429"] == 3
+    # every page once (and the source's id sweep), plus the three throttled attempts
+    assert calm["requests"]["profiles"] >= -(-len(_truth(sandbox, "profile")) // 100)
+    assert stormy["requests"]["profiles"] == calm["requests"]["profiles"] + 3
