@@ -366,7 +366,7 @@ def _from_cursor(value: Any, sql_type: str) -> Any:
 
 def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, conditions: list[Condition],
                sort: tuple[str | None, bool], limit: int | None) -> tuple[list[tuple], Any]:
-    """Run the keyset query; returns (rows, cursor for the next page or None).
+    """Run the keyset query; returns (rows, cursor of the next page, cursor of the previous page).
 
     Rows are ``(seq, id, attrs, *to_one ids, *extras, sort value)``.
     """
@@ -379,19 +379,22 @@ def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, condit
     sort_field, descending = sort
     sort_expr, sort_type = _sort_expr(source, sort_field)
     cursor_raw = ctx.args.get("page[cursor]")
+    backwards = False  # a links.prev cursor: the page that ends just before its position
     if cursor_raw:
         values = decode_cursor(cursor_raw)
+        if len(values) == 3 and values[2] == "prev":
+            backwards, values = True, values[:2]
         if len(values) != 2:
             raise invalid("Invalid page cursor; use the links.next URL of the previous page.", parameter="page[cursor]")
         last, last_seq = _from_cursor(values[0], sort_type), values[1]
-        cmp = "<" if descending else ">"
+        cmp = "<" if descending != backwards else ">"
         if sort_field is None:
             where.append(f"{source.seq_expr} {cmp} ?")
             params.append(last_seq)
         else:
             where.append(f"{sort_expr} {cmp}= ? AND ({sort_expr} {cmp} ? OR {source.seq_expr} {cmp} ?)")
             params.extend([last, last, last_seq])
-    direction = "DESC" if descending else "ASC"
+    direction = "DESC" if descending != backwards else "ASC"
     # inner query: keyset + top-N over narrow columns; outer query: build the (wide) output
     # for the page only -- DuckDB would otherwise compute projections for every filtered row.
     inner = [f"{source.seq_expr} AS _seq", "t.id AS id", "t.attrs AS attrs"]
@@ -421,13 +424,22 @@ def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, condit
         if "Conversion" in type(exc).__name__ or "Invalid Input" in str(exc):
             raise invalid(f"Invalid filter provided: {str(exc).splitlines()[0]}", parameter="filter") from None
         raise
-    next_cursor = None
-    if limit is not None and len(rows) > limit:
+    more = limit is not None and len(rows) > limit
+    if more:
         rows = rows[:limit]
-        last = rows[-1]
-        sort_index = 3 + len(kind.to_one) + len(options.additional)
-        next_cursor = encode_cursor([_cursor_value(last[sort_index], sort_type), last[0]])
-    return rows, next_cursor
+    if backwards:
+        rows.reverse()
+    sort_index = 3 + len(kind.to_one) + len(options.additional)
+
+    def position(row: tuple, *flag: str) -> str:
+        return encode_cursor([_cursor_value(row[sort_index], sort_type), row[0], *flag])
+
+    next_cursor = prev_cursor = None
+    if rows and (more if not backwards else True):
+        next_cursor = position(rows[-1])
+    if rows and (more if backwards else bool(cursor_raw)):
+        prev_cursor = position(rows[0], "prev")
+    return rows, next_cursor, prev_cursor
 
 
 def serialize_rows(ctx: RequestContext, ser: Serializer, kind: Kind, rows: list[tuple], options: ReadOptions,
@@ -500,13 +512,15 @@ def collection_response(ctx: RequestContext, source: Source):
     conditions = filters(ctx)
     sort = sort_spec(ctx)
     ser = Serializer(ctx.spec, ctx.link_base, (ctx.op.method, ctx.op.path))
-    rows, next_cursor = fetch_rows(ctx, source, options, conditions, sort, limit)
+    rows, next_cursor, prev_cursor = fetch_rows(ctx, source, options, conditions, sort, limit)
     included, many_data = included_for(ctx, ser, kind, rows, options)
     items = serialize_rows(ctx, ser, kind, rows, options, many_data)
     args = list(ctx.args.items(multi=True))
     links = {"self": page_url(ctx.link_base, ctx.request.path, args, ctx.args.get("page[cursor]"))}
     if next_cursor is not None:
         links["next"] = page_url(ctx.link_base, ctx.request.path, args, next_cursor)
+    if prev_cursor is not None:
+        links["prev"] = page_url(ctx.link_base, ctx.request.path, args, prev_cursor)
     body = collection_body(items, links, included if options.include else None)
     return ctx.respond(body)
 
@@ -565,12 +579,14 @@ def related_handler(parent: Kind, name: str, rel: ToOne | Children | Linked, ids
             return collection_response(ctx, source)
         # relationship endpoint: identifiers only
         limit = page_size(ctx)
-        rows, next_cursor = fetch_rows(ctx, source, ReadOptions({}, (), ()), filters(ctx), sort_spec(ctx), limit)
+        rows, next_cursor, prev_cursor = fetch_rows(ctx, source, ReadOptions({}, (), ()), filters(ctx), sort_spec(ctx), limit)
         items = [f'{{"type":{jstr(target.type)},"id":{jstr(r[1])}}}' for r in rows]
         args = list(ctx.args.items(multi=True))
         links = {"self": page_url(ctx.link_base, ctx.request.path, args, ctx.args.get("page[cursor]"))}
         if next_cursor is not None:
             links["next"] = page_url(ctx.link_base, ctx.request.path, args, next_cursor)
+        if prev_cursor is not None:
+            links["prev"] = page_url(ctx.link_base, ctx.request.path, args, prev_cursor)
         return ctx.respond(collection_body(items, links))
 
     return handle

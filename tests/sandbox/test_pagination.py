@@ -89,3 +89,23 @@ def test_new_events_appear_after_paging_started(sandbox, make_api):
         assert new_id in seen and len(seen) == len(set(seen))
     finally:
         sandbox.store.delete(api.account, "event", new_id)
+
+
+@pytest.mark.parametrize("path,params", [
+    ("/api/events", {"page[size]": "150", "sort": "-datetime"}),
+    ("/api/events", {"page[size]": "150", "filter": "greater-than(datetime,2025-01-01T00:00:00+00:00)"}),
+    ("/api/profiles", {"page[size]": "33", "sort": "email"}),
+])
+def test_prev_links_walk_back_over_the_same_pages(api, path, params):
+    first = api.ok(path, **params)
+    assert "prev" not in first["links"]
+    pages = [first]
+    while pages[-1]["links"].get("next") and len(pages) < 4:
+        pages.append(api.ok(pages[-1]["links"]["next"]))
+    assert len(pages) >= 3
+    for later, earlier in zip(reversed(pages[1:]), reversed(pages[:-1])):
+        back = api.ok(later["links"]["prev"])
+        assert [x["id"] for x in back["data"]] == [x["id"] for x in earlier["data"]]
+        # forward again from the page reached backwards
+        assert [x["id"] for x in api.ok(back["links"]["next"])["data"]] == [x["id"] for x in later["data"]]
+    assert "prev" not in api.ok(pages[1]["links"]["prev"])["links"]
