@@ -366,6 +366,13 @@ def _from_cursor(value: Any, sql_type: str) -> Any:
 
 def fetch_rows(ctx: RequestContext, source: Source, options: ReadOptions, conditions: list[Condition],
                sort: tuple[str | None, bool], limit: int | None) -> tuple[list[tuple], Any]:
+    """Run the keyset query; returns (rows, cursor for the next page or None). See :func:`fetch_page`."""
+    rows, next_cursor, _ = fetch_page(ctx, source, options, conditions, sort, limit)
+    return rows, next_cursor
+
+
+def fetch_page(ctx: RequestContext, source: Source, options: ReadOptions, conditions: list[Condition],
+               sort: tuple[str | None, bool], limit: int | None) -> tuple[list[tuple], Any, Any]:
     """Run the keyset query; returns (rows, cursor of the next page, cursor of the previous page).
 
     Rows are ``(seq, id, attrs, *to_one ids, *extras, sort value)``.
@@ -512,7 +519,7 @@ def collection_response(ctx: RequestContext, source: Source):
     conditions = filters(ctx)
     sort = sort_spec(ctx)
     ser = Serializer(ctx.spec, ctx.link_base, (ctx.op.method, ctx.op.path))
-    rows, next_cursor, prev_cursor = fetch_rows(ctx, source, options, conditions, sort, limit)
+    rows, next_cursor, prev_cursor = fetch_page(ctx, source, options, conditions, sort, limit)
     included, many_data = included_for(ctx, ser, kind, rows, options)
     items = serialize_rows(ctx, ser, kind, rows, options, many_data)
     args = list(ctx.args.items(multi=True))
@@ -579,7 +586,8 @@ def related_handler(parent: Kind, name: str, rel: ToOne | Children | Linked, ids
             return collection_response(ctx, source)
         # relationship endpoint: identifiers only
         limit = page_size(ctx)
-        rows, next_cursor, prev_cursor = fetch_rows(ctx, source, ReadOptions({}, (), ()), filters(ctx), sort_spec(ctx), limit)
+        rows, next_cursor, prev_cursor = fetch_page(ctx, source, ReadOptions({}, (), ()), filters(ctx), sort_spec(ctx),
+                                                    limit)
         items = [f'{{"type":{jstr(target.type)},"id":{jstr(r[1])}}}' for r in rows]
         args = list(ctx.args.items(multi=True))
         links = {"self": page_url(ctx.link_base, ctx.request.path, args, ctx.args.get("page[cursor]"))}
@@ -618,4 +626,4 @@ def register_reads(app: SandboxApp) -> list[str]:
 
 
 __all__ = ["register_reads", "RELATIONS", "RELATED_TYPES", "collection_response", "single_response", "Source",
-           "base_source", "related_source", "ReadOptions", "read_options", "fetch_rows", "serialize_rows"]
+           "base_source", "related_source", "ReadOptions", "read_options", "fetch_rows", "fetch_page", "serialize_rows"]
