@@ -70,7 +70,10 @@ class RateLimiter:
                 if now >= start + length:  # the window has passed: the next one starts with this request
                     start, used = now, 0
                 if used >= allowed:
-                    raise throttled(max(1, math.ceil(start + length - now)))
+                    error = throttled(max(1, math.ceil(start + length - now)))
+                    error.headers.update({"RateLimit-Limit": header_limit, "RateLimit-Remaining": "0",
+                                          "RateLimit-Reset": error.headers["Retry-After"]})
+                    raise error
                 states.append((key, start, used, allowed, start + length - now))
             remaining, reset = None, 0.0
             for key, start, used, allowed, left in states:

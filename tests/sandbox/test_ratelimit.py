@@ -34,6 +34,7 @@ def test_burst_gives_429_with_retry_after(limited):
     assert int(throttled.headers["Retry-After"]) >= 1
     error = throttled.json()["errors"][0]
     assert error["code"] == "throttled" and error["status"] == 429
+    assert throttled.headers["RateLimit-Remaining"] == "0" and throttled.headers["RateLimit-Limit"].startswith("1, 1;w=1")
     time.sleep(0.25)  # one scaled burst window (1 s x 0.2)
     assert session.get(limited.base_url + "/api/accounts", timeout=10).status_code == 200
 
