@@ -35,7 +35,16 @@ def _clean_env(monkeypatch):
 
 @pytest.fixture
 def sandbox():
-    """A fresh sandbox with three accounts (function scope: tests change data and connections)."""
+    """A fresh one-account sandbox (function scope: tests change data, faults and connections)."""
+    from klaviyo_sandbox import Sandbox
+
+    with Sandbox(seed=11, accounts=1, rate_limits=False, **SIZES) as sb:
+        yield sb
+
+
+@pytest.fixture
+def sandbox3():
+    """A fresh sandbox with three accounts, each reachable through its own Maton connection."""
     from klaviyo_sandbox import Sandbox
 
     with Sandbox(seed=11, accounts=3, rate_limits=False, **SIZES) as sb:

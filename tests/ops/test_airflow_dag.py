@@ -50,8 +50,8 @@ def _ids(db: Path, sql: str, *params) -> set[str]:
 
 
 @pytest.mark.timeout(900)
-def test_dags_run_for_a_data_interval(airflow_python, sandbox, tmp_path):
-    store, first = sandbox.store, sandbox.accounts[0]
+def test_dags_run_for_a_data_interval(airflow_python, sandbox3, tmp_path):
+    store, first = sandbox3.store, sandbox3.accounts[0]
     # a monthly schedule; the run for logical date L covers the previous calendar month [L - 1 month, L)
     profiles = store.all(first.id, "profile")
     this_month = _month(datetime.now(timezone.utc))
@@ -60,8 +60,8 @@ def test_dags_run_for_a_data_interval(airflow_python, sandbox, tmp_path):
     start = datetime(busiest[0], busiest[1], 1, tzinfo=timezone.utc)
     end = datetime(busiest[0] + busiest[1] // 12, busiest[1] % 12 + 1, 1, tzinfo=timezone.utc)
 
-    revoked = sandbox.accounts[2]
-    sandbox.control.revoke_connection(revoked.maton_connection_id)
+    revoked = sandbox3.accounts[2]
+    sandbox3.control.revoke_connection(revoked.maton_connection_id)
     audience = tmp_path / "audience.toml"
     audience.write_text(
         'name = "airflow_audience"\n'
@@ -78,15 +78,15 @@ def test_dags_run_for_a_data_interval(airflow_python, sandbox, tmp_path):
         # keys come from the environment here; skip dlt's per-lookup Airflow Variable queries (see docs)
         PROVIDERS__ENABLE_AIRFLOW_SECRETS="false",
         KLAVIYO_API_KEY=first.api_key,
-        KLAVIYO_BASE_URL=sandbox.base_url,
+        KLAVIYO_BASE_URL=sandbox3.base_url,
         KLAVIYO_DLT_DUCKDB_PATH=str(db),
         KLAVIYO_DLT_SCHEDULE="0 0 1 * *",
-        KLAVIYO_DLT_RESOURCES="profiles,events,metrics",
+        KLAVIYO_DLT_RESOURCES="profiles,events",
         KLAVIYO_DLT_RETRIES="0",
         KLAVIYO_DLT_REVERSE_SYNC_CONFIG=str(audience),
-        MATON_API_KEY=sandbox.maton_api_key,
-        MATON_CTRL_URL=sandbox.base_url,
-        KLAVIYO_DLT_GATEWAY_URL=sandbox.base_url,
+        MATON_API_KEY=sandbox3.maton_api_key,
+        MATON_CTRL_URL=sandbox3.base_url,
+        KLAVIYO_DLT_GATEWAY_URL=sandbox3.base_url,
         KLAVIYO_DLT_TEST_RESULTS=str(results),
     )
     env.pop("DLT_DATA_DIR", None)
@@ -123,7 +123,7 @@ def test_dags_run_for_a_data_interval(airflow_python, sandbox, tmp_path):
     assert fan_out["state"] == "failed"
     mapped = {k: v for k, v in fan_out["tasks"].items() if k.startswith("sync_connection[")}
     assert sorted(mapped.values()) == ["failed", "success", "success"]
-    for account in sandbox.accounts[:2]:
+    for account in sandbox3.accounts[:2]:
         dataset = f"klaviyo_data_{slug(account.maton_connection_id)}"
         window = {e.id for e in store.all(account.id, "event") if in_window(e.attributes["datetime"])}
         assert _ids(db, f"SELECT id FROM {dataset}.events") == window

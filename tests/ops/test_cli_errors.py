@@ -88,5 +88,8 @@ def test_console_script_exit_code_and_single_line(tmp_path):
         "klaviyo-dlt: error: --start-date: 'not-a-date' is not a date; use YYYY-MM-DD or ISO 8601 like "
         "2024-01-31T00:00:00Z"
     ]
-    help_run = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
-    assert help_run.returncode == EXIT_OK and "exit codes: 0 ok" in help_run.stdout
+
+
+def test_help_documents_exit_codes(cli):
+    run = cli("--help")
+    assert run.code == EXIT_OK and "exit codes: 0 ok" in run.out and "4 partial failure" in run.out

@@ -42,7 +42,7 @@ def test_list_create_get_delete(cli, sandbox, monkeypatch):
 
 def test_revoked_connection_shows_failed_and_wrong_key_exits_3(cli, sandbox, monkeypatch):
     monkeypatch.setenv("MATON_API_KEY", sandbox.maton_api_key)
-    revoked = sandbox.accounts[2].maton_connection_id
+    revoked = sandbox.accounts[0].maton_connection_id
     sandbox.control.revoke_connection(revoked)
     assert {c["connection_id"] for c in _connections(cli, sandbox, "--status", "FAILED")} == {revoked}
 

@@ -22,22 +22,22 @@ def _results(out: str) -> dict[str, dict]:
     return {r["account"]: r for r in map(json.loads, out.splitlines()) if r.get("event") == "sync_result"}
 
 
-def test_all_connections_three_accounts_one_revoked(cli, sandbox, tmp_path, monkeypatch):
-    monkeypatch.setenv("MATON_API_KEY", sandbox.maton_api_key)
-    good, revoked = sandbox.accounts[:2], sandbox.accounts[2]
-    sandbox.control.revoke_connection(revoked.maton_connection_id)
+def test_all_connections_three_accounts_one_revoked(cli, sandbox3, tmp_path, monkeypatch):
+    monkeypatch.setenv("MATON_API_KEY", sandbox3.maton_api_key)
+    good, revoked = sandbox3.accounts[:2], sandbox3.accounts[2]
+    sandbox3.control.revoke_connection(revoked.maton_connection_id)
     db = tmp_path / "accounts.duckdb"
-    argv = ["--log-format", "json", "sync", "profiles", "events", "--all-connections", "--ctrl-url", sandbox.base_url,
-            "--base-url", sandbox.base_url, "--duckdb-path", str(db), "--parallel", "3"]
+    argv = ["--log-format", "json", "sync", "profiles", "events", "--all-connections", "--ctrl-url", sandbox3.base_url,
+            "--base-url", sandbox3.base_url, "--duckdb-path", str(db), "--parallel", "3"]
     run = cli(*argv)
     assert run.code == EXIT_PARTIAL, run.err
     results = _results(run.out)
-    assert set(results) == {a.maton_connection_id for a in sandbox.accounts}
+    assert set(results) == {a.maton_connection_id for a in sandbox3.accounts}
     failed = results[revoked.maton_connection_id]
     assert not failed["ok"] and "FAILED" in failed["error"]
     assert any(revoked.maton_connection_id in line and "failed" in line for line in run.err.splitlines())
 
-    store = sandbox.store
+    store = sandbox3.store
     datasets = []
     for account in good:
         result = results[account.maton_connection_id]
@@ -52,7 +52,7 @@ def test_all_connections_three_accounts_one_revoked(cli, sandbox, tmp_path, monk
 
     # separate pipelines → separate incremental state: a change in account 1 is the only thing loaded next run
     changed = store.ids(good[1].id, "profile")[3]
-    sandbox.control.for_account(good[1].api_key).update_profile(changed, {"first_name": "OnlyHere"})
+    sandbox3.control.for_account(good[1].api_key).update_profile(changed, {"first_name": "OnlyHere"})
     run = cli(*argv)
     assert run.code == EXIT_PARTIAL
     again = _results(run.out)
@@ -69,12 +69,12 @@ def test_all_connections_three_accounts_one_revoked(cli, sandbox, tmp_path, monk
     assert len({str(s["last_value"]) for s in states.values()}) == 2  # each account keeps its own watermark
 
 
-def test_private_keys_from_config_one_bad_key(cli, sandbox, tmp_path, monkeypatch):
-    keys = {"shop_a": sandbox.accounts[0].api_key, "shop_b": sandbox.accounts[1].api_key,
+def test_private_keys_from_config_one_bad_key(cli, sandbox3, tmp_path, monkeypatch):
+    keys = {"shop_a": sandbox3.accounts[0].api_key, "shop_b": sandbox3.accounts[1].api_key,
             "shop_bad": "pk_revoked_0000000000000000000000"}
     monkeypatch.setenv("SOURCES__KLAVIYO__ACCOUNTS", json.dumps(keys))
     db = tmp_path / "keys.duckdb"
-    run = cli("--log-format", "json", "sync", "profiles", "--all-accounts", "--base-url", sandbox.base_url,
+    run = cli("--log-format", "json", "sync", "profiles", "--all-accounts", "--base-url", sandbox3.base_url,
               "--duckdb-path", str(db))
     assert run.code == EXIT_PARTIAL, run.err
     results = _results(run.out)
@@ -82,29 +82,29 @@ def test_private_keys_from_config_one_bad_key(cli, sandbox, tmp_path, monkeypatc
     assert results["shop_bad"]["exit_code"] == 3
     for name, index in (("shop_a", 0), ("shop_b", 1)):
         assert results[name]["ok"]
-        assert _ids(db, f"klaviyo_data_{name}", "profiles") == set(sandbox.store.ids(sandbox.accounts[index].id, "profile"))
+        assert _ids(db, f"klaviyo_data_{name}", "profiles") == set(sandbox3.store.ids(sandbox3.accounts[index].id, "profile"))
     for key in keys.values():
         assert key not in run.out + run.err
 
 
 @pytest.mark.postgres
-def test_all_connections_into_postgres(cli, sandbox, postgres_dsn, unique_name, monkeypatch):
+def test_all_connections_into_postgres(cli, sandbox3, postgres_dsn, unique_name, monkeypatch):
     import psycopg2
 
-    monkeypatch.setenv("MATON_API_KEY", sandbox.maton_api_key)
+    monkeypatch.setenv("MATON_API_KEY", sandbox3.maton_api_key)
     monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", postgres_dsn)
     prefix = f"ops_multi_{unique_name}"
-    run = cli("--log-format", "json", "sync", "profiles", "--all-connections", "--ctrl-url", sandbox.base_url,
-              "--base-url", sandbox.base_url, "--destination", "postgres", "--dataset-name", prefix,
+    run = cli("--log-format", "json", "sync", "profiles", "--all-connections", "--ctrl-url", sandbox3.base_url,
+              "--base-url", sandbox3.base_url, "--destination", "postgres", "--dataset-name", prefix,
               "--pipeline-name", prefix)
     try:
         assert run.code == 0, run.err
         with psycopg2.connect(postgres_dsn) as con, con.cursor() as cur:
-            for account in sandbox.accounts:
+            for account in sandbox3.accounts:
                 cur.execute(f"SELECT id FROM {prefix}_{slug(account.maton_connection_id)}.profiles")
-                assert {r[0] for r in cur.fetchall()} == set(sandbox.store.ids(account.id, "profile"))
+                assert {r[0] for r in cur.fetchall()} == set(sandbox3.store.ids(account.id, "profile"))
     finally:
         with psycopg2.connect(postgres_dsn) as con, con.cursor() as cur:
-            for account in sandbox.accounts:
+            for account in sandbox3.accounts:
                 cur.execute(f"DROP SCHEMA IF EXISTS {prefix}_{slug(account.maton_connection_id)} CASCADE")
                 cur.execute(f"DROP SCHEMA IF EXISTS {prefix}_{slug(account.maton_connection_id)}_staging CASCADE")
