@@ -350,3 +350,21 @@ def test_round_trip_extract_audience_reverse_sync_extract(warehouse, sandbox, cl
     smaller = run(warehouse, client, cfg)
     assert smaller.removed_from_list == 3 and counter.total("GET", "/api/profiles") == 0
     assert member_emails(client, report.list_id) == [r["email"] for r in loaded[:5]]
+
+
+@DUCKDB_ONLY
+def test_dry_run_shows_updates_clears_and_removals(warehouse, load, sandbox, client):
+    sb, counter = sandbox
+    rows = people(5)
+    load("audience", rows)
+    run(warehouse, client)
+    rows[0]["first_name"] = None
+    rows[1]["tier"] = "platinum"
+    load("audience", rows[:4])
+    counter.reset()
+    report = run(warehouse, client, dry_run=True)
+    assert counter.total() == 0
+    assert report.would == {"create": 0, "update": 2, "clear": 1, "add": 0, "remove": 1, "subscribe": 0, "reject": 0}
+    assert report.samples["clear"] == [{"identity": "email:person0@audience.test", "fields": ["first_name"]}]
+    assert report.samples["remove"] == [{"identity": "email:person4@audience.test"}]
+    assert report.samples["update"][1]["properties.tier"] == "platinum"
