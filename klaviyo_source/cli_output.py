@@ -66,12 +66,14 @@ class Output:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left")
+        table = Table()
         for i, column in enumerate(columns):
             table.add_column(column, justify="right" if i and _numeric_column(rows, i) else "left")
         for row in rows:
             table.add_row(*[redact(_cell(v)) for v in row])
-        Console(file=sys.stdout, width=max(100, _terminal_width())).print(table)
+        console = Console(file=sys.stdout, width=max(100, _terminal_width()))
+        console.print(redact(title), markup=False, highlight=False)
+        console.print(table)
 
     def line(self, text: str) -> None:
         print(redact(text), flush=True)

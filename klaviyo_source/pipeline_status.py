@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from klaviyo_source.cli_errors import redact
 from klaviyo_source.pipeline_runner import SyncOptions, make_pipeline
 
 
@@ -65,7 +66,9 @@ def pipeline_status(opts: SyncOptions) -> StatusReport:
         failed_step = next((s for s in trace.steps if s.step_exception), None)
         if failed_step is not None:
             report.last_run_failed = True
-            report.last_error = _first_line(failed_step.step_exception)
+            traces = [t for t in failed_step.exception_traces or [] if isinstance(t, dict)]
+            innermost = traces[-1].get("message") if traces else None  # the root cause comes last
+            report.last_error = _first_line(redact(str(innermost or failed_step.step_exception)))
             for exc_trace in failed_step.exception_traces or []:
                 name = exc_trace.get("resource_name") if isinstance(exc_trace, dict) else None
                 if name:

@@ -113,6 +113,8 @@ class SyncProgress(Collector):
     # --- rendering -----------------------------------------------------------------------------
     def _eta(self) -> float | None:
         """Seconds left for normalize/load where dlt knows the totals; Klaviyo lists have no totals."""
+        if not self.step or self.step.lower().startswith("extract"):
+            return None  # Klaviyo's cursor pagination has no totals: no honest ETA while extracting
         elapsed = time.monotonic() - self._step_started
         for key, total in self.step_totals.items():
             done = self.step_counters.get(key, 0)

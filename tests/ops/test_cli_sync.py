@@ -169,3 +169,34 @@ def test_progress_counts_requests_and_429_waits(cli, sandbox, tmp_path, monkeypa
     # every page once (and the source's id sweep), plus the three throttled attempts
     assert calm["requests"]["profiles"] >= -(-len(_truth(sandbox, "profile")) // 100)
     assert stormy["requests"]["profiles"] == calm["requests"]["profiles"] + 3
+
+
+def test_status_reports_a_failed_last_run(cli, sandbox, tmp_path, monkeypatch):
+    db = str(tmp_path / "s.duckdb")
+    monkeypatch.setenv("KLAVIYO_API_KEY", sandbox.api_key)
+    assert cli("sync", "profiles", "--base-url", sandbox.base_url, "--duckdb-path", db, "--progress", "off").code == 0
+    monkeypatch.setenv("KLAVIYO_API_KEY", "pk_rotated_0000000000000000000000")  # the key was rotated
+    failed = cli("sync", "profiles", "--base-url", sandbox.base_url, "--duckdb-path", db, "--progress", "off")
+    assert failed.code == 3
+    status = cli("--log-format", "json", "status", "--duckdb-path", db)
+    report = json.loads(status.out)
+    assert report["last_run_failed"] and "401" in report["last_error"]
+    profiles = {r["resource"]: r for r in report["resources"]}["profiles"]
+    assert profiles["failed"] and profiles["rows_last_run"] == 0
+    assert profiles["total_rows"] == len(_truth(sandbox, "profile"))  # nothing lost
+    newest = max(_ts(p.attributes["updated"]) for p in _truth(sandbox, "profile"))
+    assert _ts(profiles["watermark"]) == newest  # the watermark did not move
+    text = cli("status", "--duckdb-path", db)
+    assert "FAILED" in text.out and "pk_rotated" not in text.out
+
+
+def test_sync_through_the_maton_gateway_picks_the_connection(cli, sandbox3, tmp_path, monkeypatch):
+    monkeypatch.setenv("MATON_API_KEY", sandbox3.maton_api_key)
+    second = sandbox3.accounts[1]
+    db = tmp_path / "m.duckdb"
+    run = cli("sync", "profiles", "--auth", "maton", "--maton-connection", second.maton_connection_id,
+              "--base-url", f"{sandbox3.base_url}/klaviyo", "--duckdb-path", str(db), "--progress", "off")
+    assert run.code == EXIT_OK, run.err
+    assert {r[0] for r in _duck(db, "SELECT id FROM klaviyo_data.profiles")} == set(
+        sandbox3.store.ids(second.id, "profile"))
+    assert sandbox3.maton_api_key not in run.out + run.err
