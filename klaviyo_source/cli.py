@@ -145,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``klaviyo-dlt`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    as_json = any(a == "--log-format=json" or (a == "--log-format" and argv[i + 1:i + 2] == ["json"])
+                  for i, a in enumerate(argv))
     try:
         delegated = _delegated(argv)
         if delegated is not None:
@@ -159,29 +161,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "reverse-sync": cmd_reverse_sync}
         return handler[args.command](args, out, log)
     except KeyboardInterrupt:
-        error_line("interrupted")
+        error_line("interrupted", as_json=as_json, exit_code=130)
         return 130
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line + exit code
         error = exc if isinstance(exc, CliError) else classify(exc)
-        error_line(str(error))
+        error_line(str(error), as_json=as_json, exit_code=error.exit_code)
         if debug:
             traceback.print_exception(exc, file=_RedactingStream(sys.stderr))
         return error.exit_code
 
 
+COMMANDS = ("sync", "status", "demo", "connections", "reverse-sync", "sandbox")
+
+
 def _delegated(argv: list[str]) -> int | None:
-    """``sandbox`` and ``reverse-sync`` keep their own argument parsers."""
-    positional = [i for i, a in enumerate(argv) if not a.startswith("-")]
-    if not positional or argv[positional[0]] not in DELEGATED:
+    """``sandbox`` keeps its own argument parser (``klaviyo_sandbox.server.main``)."""
+    first = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
+    if first is None or argv[first] not in DELEGATED:
         return None
-    index = positional[0]
-    command, rest = argv[index], argv[:index] + argv[index + 1:]
-    rest = [a for a in rest if a not in ("--debug",)]
     from klaviyo_sandbox.server import main as sandbox_main
 
-    return int(sandbox_main(rest) or 0)
+    return int(sandbox_main(argv[first + 1:]) or 0)
 
 
 # --- sync ----------------------------------------------------------------------------------------

@@ -79,9 +79,14 @@ class Output:
         print(redact(text), flush=True)
 
 
-def error_line(message: str, prog: str = "klaviyo-dlt") -> None:
-    """The one line a failure prints on stderr."""
-    print(redact(f"{prog}: error: {message}"), file=sys.stderr, flush=True)
+def error_line(message: str, prog: str = "klaviyo-dlt", as_json: bool = False, exit_code: int | None = None) -> None:
+    """The one line a failure prints on stderr (a JSON object under ``--log-format json``)."""
+    if as_json:
+        line = json.dumps({"time": datetime.now().astimezone().isoformat(), "level": "error", "logger": LOGGER_NAME,
+                           "message": message, "exit_code": exit_code})
+    else:
+        line = f"{prog}: error: {message}"
+    print(redact(line), file=sys.stderr, flush=True)
 
 
 def _cell(value: Any) -> str:

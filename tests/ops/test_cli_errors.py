@@ -93,3 +93,13 @@ def test_console_script_exit_code_and_single_line(tmp_path):
 def test_help_documents_exit_codes(cli):
     run = cli("--help")
     assert run.code == EXIT_OK and "exit codes: 0 ok" in run.out and "4 partial failure" in run.out
+
+
+def test_json_mode_errors_are_json_lines(cli):
+    run = cli("--log-format", "json", "sync", "--start-date", "soon")
+    assert run.code == EXIT_USAGE
+    (line,) = run.err_lines
+    import json
+
+    error = json.loads(line)
+    assert error["level"] == "error" and error["exit_code"] == EXIT_USAGE and "--start-date" in error["message"]
