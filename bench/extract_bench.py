@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rate-limit-scale", type=float, default=1.0, help="limits mode: sandbox window scale")
+    parser.add_argument("--resources", default="profiles,events", help="cpu mode: resources to time, in order")
     args = parser.parse_args(argv)
 
     proc, base_url, api_key = start_sandbox(args, rate_limits=args.mode == "limits")
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         scale = args.rate_limit_scale if args.mode == "limits" else 1.0
-        groups = [["profiles"], ["events"]] if args.mode == "cpu" else [["profiles", "events"]]
+        chosen = [r.strip() for r in args.resources.split(",") if r.strip()]
+        groups = [[r] for r in chosen] if args.mode == "cpu" else [chosen]
         for group in groups:
             results.append(run(base_url, api_key, group, workdir / "_".join(group), scale))
     finally:

@@ -256,6 +256,9 @@ def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -
         for c in reader.columns
         if not (options.flatten_properties and c.kind == "json" and c.name in stream.json_columns)
     }
+    if stream.incremental and stream.write_disposition == "merge" and stream.lookback == "none":
+        # a record read twice in one load (window overlaps, re-reads) keeps its latest version
+        hints[stream.cursor_field]["dedup_sort"] = "desc"
     if stream.deletion_sweep and options.deletions != "off":
         hints.update(deleted_at_hint(options.deletions))  # H6
     common: dict[str, Any] = dict(

@@ -96,6 +96,7 @@ STREAMS: tuple[Stream, ...] = (
         optional_fields=("predictive_analytics",),
         extra_rate_tiers=(("predictive_analytics", RateTier(10, 150)),),
         json_columns=("properties",),
+        windowed=True,  # long ranges: `updated` windows read in parallel (1 s overlaps deduped by the merge)
         description="One row per profile; merged on id, incremental on `updated`.",
     ),
     Stream(

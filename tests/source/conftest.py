@@ -12,7 +12,7 @@ import pytest
 from klaviyo_source import klaviyo_source
 from klaviyo_source.pacing import PACERS
 
-SMALL = dict(seed=7, accounts=1, profiles=300, events=3000)
+SMALL = dict(seed=7, accounts=1, profiles=220, events=2000)
 
 # The test server uses trust auth; dlt insists on a password field being present.
 os.environ.setdefault("DESTINATION__POSTGRES__CREDENTIALS__PASSWORD", "unused-trust-auth")
