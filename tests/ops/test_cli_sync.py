@@ -200,3 +200,11 @@ def test_sync_through_the_maton_gateway_picks_the_connection(cli, sandbox3, tmp_
     assert {r[0] for r in _duck(db, "SELECT id FROM klaviyo_data.profiles")} == set(
         sandbox3.store.ids(second.id, "profile"))
     assert sandbox3.maton_api_key not in run.out + run.err
+
+
+def test_rich_progress_renders_and_ends_with_the_summary(cli, sandbox, tmp_path, monkeypatch):
+    monkeypatch.setenv("KLAVIYO_API_KEY", sandbox.api_key)
+    run = cli("sync", "metrics", "--progress", "rich", "--base-url", sandbox.base_url,
+              "--duckdb-path", str(tmp_path / "r.duckdb"))
+    assert run.code == EXIT_OK, run.err
+    assert "metrics" in run.out and f" {len(_truth(sandbox, 'metric'))} " in run.out
