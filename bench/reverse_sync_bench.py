@@ -78,7 +78,7 @@ class Counting:
         return getattr(self.app, name)
 
 
-def bench_push(n: int, workdir: Path, scale: float) -> None:
+def bench_push(n: int, workdir: Path, scale: float, batch_size: int) -> None:
     destination = dlt.destinations.duckdb(str(workdir / "bench.duckdb"))
     loader = dlt.pipeline("bench_loader", destination=destination, dataset_name="bench_data",
                           pipelines_dir=str(workdir / "loader"))
@@ -89,7 +89,7 @@ def bench_push(n: int, workdir: Path, scale: float) -> None:
     with sandbox:
         client = make_client(sandbox.api_key, sandbox.base_url, rate_limit_scale=scale)
         started = time.monotonic()
-        report = reverse_sync(CONFIG, destination=destination, dataset_name="bench_data", client=client,
+        report = reverse_sync({**CONFIG, "batch_size": batch_size}, destination=destination, dataset_name="bench_data", client=client,
                               pipelines_dir=str(workdir / "rs"), on_batch=_progress(started))
         elapsed = time.monotonic() - started
         members = len(sandbox.store.members(sandbox.accounts[0].id, "list", report.list_id))
@@ -101,7 +101,7 @@ def bench_push(n: int, workdir: Path, scale: float) -> None:
               f"list members in sandbox store: {members}")
         print("  requests: " + ", ".join(f"{m} {p.split('/api/')[1][:40]} x{c}" for (m, p), c in sorted(counter.seen.items())))
         started = time.monotonic()
-        again = reverse_sync(CONFIG, destination=destination, dataset_name="bench_data", client=client,
+        again = reverse_sync({**CONFIG, "batch_size": batch_size}, destination=destination, dataset_name="bench_data", client=client,
                              pipelines_dir=str(workdir / "rs"))
         print(f"  unchanged rerun: {time.monotonic() - started:.1f}s, sent {again.sent}")
 
@@ -141,13 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--push", type=int, default=100_000, help="profiles pushed into a list (0: skip)")
     parser.add_argument("--diff", type=int, default=1_000_000, help="source rows diffed (0: skip)")
+    parser.add_argument("--batch-size", type=int, default=10_000,
+                        help="profiles per bulk-import job (the sandbox completes a job inside one poll: keep "
+                             "it small enough to finish within the client's 60s read timeout)")
     parser.add_argument("--rate-limit-scale", type=float, default=1.0, help="sandbox rate-limit window scale")
     args = parser.parse_args(argv)
     if args.diff:
         bench_diff(args.diff)
     if args.push:
         with tempfile.TemporaryDirectory() as tmp:
-            bench_push(args.push, Path(tmp), args.rate_limit_scale)
+            bench_push(args.push, Path(tmp), args.rate_limit_scale, args.batch_size)
     return 0
 
 

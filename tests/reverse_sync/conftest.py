@@ -100,14 +100,37 @@ def warehouse(destination, unique_name, tmp_path):
 
 
 def load_table(warehouse, table_name: str, rows: list[dict[str, Any]] | pa.Table) -> None:
-    """Replace ``table_name`` in the warehouse dataset with ``rows`` (loaded by dlt, arrow path)."""
+    """Replace ``table_name`` in the warehouse dataset with ``rows``.
+
+    Test setup writes through the destination's SQL client (a dlt load costs seconds per call,
+    and the suite loads dozens of small audiences); the round-trip test loads through dlt."""
     destination, dataset, pipelines_dir = warehouse
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
     pipeline = dlt.pipeline("rs_audience_loader", destination=destination, dataset_name=dataset,
                             pipelines_dir=pipelines_dir + "_loader")
-    file_format = "parquet" if destination.destination_type.endswith("duckdb") else "csv"
-    pipeline.run(table, table_name=table_name, write_disposition="replace",
-                 loader_file_format=file_format).raise_on_failed_jobs()
+    with pipeline.sql_client() as sql:
+        if not sql.has_dataset():
+            sql.create_dataset()
+        name = sql.make_qualified_table_name(table_name)
+        if destination.destination_type.endswith("duckdb"):
+            connection = sql.native_connection
+            connection.register("_audience_rows", table)
+            connection.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _audience_rows")
+            connection.unregister("_audience_rows")
+            return
+        types = {pa.types.is_boolean: "boolean", pa.types.is_integer: "bigint", pa.types.is_floating: "double precision"}
+        columns = ", ".join(
+            f'"{field.name}" ' + next((t for check, t in types.items() if check(field.type)), "text")
+            for field in table.schema)
+        sql.execute_sql(f"DROP TABLE IF EXISTS {name}")
+        sql.execute_sql(f"CREATE TABLE {name} ({columns})")
+        if table.num_rows:
+            from psycopg2.extras import execute_values
+
+            with sql.native_connection.cursor() as cursor:
+                execute_values(cursor, f"INSERT INTO {name} VALUES %s",
+                               [tuple(r.values()) for r in table.to_pylist()])
+            sql.native_connection.commit()
 
 
 @pytest.fixture

@@ -153,11 +153,11 @@ def test_null_clears_the_field_in_klaviyo(warehouse, load, sandbox, client):
 def test_local_rejects_and_conflicts_land_in_rejects_table(warehouse, load, sandbox, client):
     sb, counter = sandbox
     # two existing Klaviyo profiles: one holds an email, the other an external id
-    load("seed", [{"email": "holder@audience.test", "external_id": None},
-                                   {"email": None, "external_id": "ext-owned"}])
-    run(warehouse, client, config(name="seed", table="seed",
-                                  identifiers={"email": "email", "external_id": "external_id"},
-                                  attributes={}, properties={}, list=None))
+    for attributes in ({"email": "holder@audience.test"}, {"external_id": "ext-owned"}):
+        created = client.rest_client().request("/api/profile-import", method="POST",
+                                               json={"data": {"type": "profile", "attributes": attributes}},
+                                               headers={"content-type": "application/vnd.api+json"})
+        assert created.status_code == 201
     audience = [
         {"email": "ok@audience.test", "external_id": "ext-ok", "first_name": "Ok"},
         {"email": "not-an-email", "external_id": None, "first_name": "Bad"},
