@@ -104,3 +104,18 @@ def test_late_events_inside_the_lookback_are_captured(runner):
     runner.run(["events"], event_lookback="15d")
     assert too_late in set(runner.ids("events"))
     assert len(runner.ids("events")) == len(set(runner.ids("events")))
+
+
+@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
+def test_watermark_never_passes_now_even_with_future_records(runner):
+    sb = runner.sb
+    profile_id = sb.control.records("profile")[0]["id"]
+    future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+    future_event = sb.control.insert_event(profile_id, "Placed Order", datetime=future, value=1.0)
+    pipeline, _ = runner.run(["events"])
+    assert future_event in set(runner.ids("events"))
+    state = pipeline.state["sources"]["klaviyo"]["resources"]["events"]["incremental"]["datetime"]
+    assert _utc(str(state["last_value"]).replace(" ", "T")) <= dt.datetime.now(dt.timezone.utc)
+    late = sb.control.insert_event(profile_id, "Placed Order", datetime=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))
+    runner.run(["events"])  # the filter is built from a watermark <= now: no 400, the new event arrives
+    assert late in set(runner.ids("events"))
