@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-test install-airflow demo test bench sandbox clean
+.PHONY: install install-test install-airflow demo test bench bench-sandbox bench-extract bench-limits bench-reverse sandbox clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,16 @@ demo: install
 test: install-test install-airflow
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: install
-	$(BIN)/python bench/run_bench.py
+# Benchmarks (not tests): each prints a table and writes JSON under bench/results/.
+bench: bench-sandbox bench-extract bench-limits bench-reverse
+bench-sandbox: install
+	$(BIN)/python bench/sandbox_page_bench.py
+bench-extract: install
+	$(BIN)/python bench/extract_bench.py --mode cpu --profiles 400000 --events 1000000
+bench-limits: install
+	$(BIN)/python bench/extract_bench.py --mode limits --profiles 200000 --events 1000000
+bench-reverse: install
+	$(BIN)/python bench/reverse_sync_bench.py
 
 sandbox: install
 	$(BIN)/klaviyo-dlt sandbox
