@@ -190,9 +190,12 @@ def _http_stats(source: Any) -> Any:
 
 def resource_names() -> list[str]:
     """Every resource the source offers (no network, no credentials needed)."""
-    from klaviyo_source.streams import STREAMS
+    try:
+        from klaviyo_source.streams import ALL_STREAMS as streams
+    except ImportError:  # older source without the extra streams
+        from klaviyo_source.streams import STREAMS as streams
 
-    return [s.name for s in STREAMS]
+    return [s.name for s in streams]
 
 
 def _accepted_parameters(factory: Any) -> set[str] | None:
@@ -229,9 +232,15 @@ def run_sync(opts: SyncOptions, progress: Any = None, raise_errors: bool = True)
         runs: list[tuple[Any, str | None]] = []
         if opts.full_refresh:
             runs.append((build_source(opts, list(opts.full_refresh), progress), "drop_resources"))
-            rest = [r for r in (selected or resource_names()) if r not in opts.full_refresh]
-            if rest:
-                runs.append((build_source(opts, rest, progress), None))
+            if selected:
+                rest = [r for r in selected if r not in opts.full_refresh]
+                if rest:
+                    runs.append((build_source(opts, rest, progress), None))
+            else:  # everything the source selects by default, except what was just refreshed
+                source = build_source(opts, None, progress)
+                rest = [r for r in source.selected_resources if r not in opts.full_refresh]
+                if rest:
+                    runs.append((source.with_resources(*rest), None))
         else:
             runs.append((build_source(opts, selected, progress), opts.refresh))
         for source, refresh in runs:

@@ -47,7 +47,7 @@ from klaviyo_source.pipeline_runner import (
     make_destination,
     plain_utc,
 )
-from klaviyo_source.streams import STREAMS
+from klaviyo_source.streams import ALL_STREAMS
 
 # resource groups → one Airflow task (and one dlt pipeline, so one state) each; resources not
 # named here (added later to the source) land in "other".
@@ -55,8 +55,9 @@ RESOURCE_GROUPS: dict[str, tuple[str, ...]] = {
     "profiles": ("profiles",),
     "events": ("metrics", "events"),
     "campaigns": ("campaigns", "campaign_messages", "flows", "flow_actions", "flow_messages", "templates"),
-    "lists_segments": ("lists", "segments", "list_memberships", "segment_memberships", "tags"),
+    "lists_segments": ("lists", "segments", "list_members", "segment_members", "tags", "tag_links"),
     "catalog": ("catalog_items", "catalog_variants", "catalog_categories"),
+    "reports": ("metric_aggregates", "campaign_values_reports", "flow_series_reports"),
 }
 
 DEFAULT_ARGS = {
@@ -75,10 +76,11 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def resource_groups() -> dict[str, list[str]]:
     """The groups restricted to the resources the installed source offers (empty groups dropped)."""
-    available = [s.name for s in STREAMS]
     if _env("KLAVIYO_DLT_RESOURCES"):
         wanted = [r.strip() for r in _env("KLAVIYO_DLT_RESOURCES").split(",") if r.strip()]
-        available = [n for n in available if n in wanted]
+        available = [s.name for s in ALL_STREAMS if s.name in wanted]
+    else:  # what the source loads when no resources are named
+        available = [s.name for s in ALL_STREAMS if getattr(s, "default_selected", True)]
     groups: dict[str, list[str]] = {}
     grouped: set[str] = set()
     for group, names in RESOURCE_GROUPS.items():
