@@ -18,10 +18,18 @@ def utc_now() -> datetime:
 
 
 def to_utc(value: datetime) -> datetime:
-    """Aware UTC datetime (naive values are taken as UTC)."""
+    """Aware UTC stdlib datetime (naive values are taken as UTC).
+
+    Subclasses such as pendulum's ``DateTime`` are converted: pendulum drops a stdlib ``tzinfo``
+    in arithmetic (``DateTime(..., tzinfo=timezone.utc) + timedelta`` comes out naive).
+    """
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=timezone.utc)
+    value = value.astimezone(timezone.utc)
+    if type(value) is not datetime:
+        value = datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                         value.microsecond, tzinfo=timezone.utc)
+    return value
 
 
 def format_datetime(value: datetime) -> str:

@@ -14,7 +14,7 @@ import pytest
 # every sandbox response during the suite is validated against the Klaviyo spec (drift fails the test)
 pytest_plugins = ["klaviyo_sandbox.conformance_plugin"]
 
-POSTGRES_DSN = os.environ.get("KLAVIYO_DLT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_DSN = os.environ.get("KLAVIYO_DLT_TEST_POSTGRES", "postgresql://postgres:postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("KLAVIYO_DLT_CI") == "1"
 
 

@@ -55,6 +55,16 @@ def test_dates_and_durations_fail_with_one_line():
         parse_duration("three days", "event_lookback")
 
 
+def test_pendulum_dates_stay_timezone_aware_in_window_arithmetic():
+    import pendulum
+
+    start = parse_datetime(pendulum.datetime(2024, 1, 1, 12), "start_date")
+    end = parse_datetime(pendulum.now().subtract(days=1), "end_date")
+    # window edges are computed as start + timedelta: they must stay comparable with end
+    assert start + timedelta(hours=1) < end
+    assert start.tzinfo is timezone.utc and type(start) is datetime
+
+
 def test_pacer_keeps_every_window_under_both_limits():
     tier = RateTier(burst_per_second=5, steady_per_minute=12)
     scale = 0.02  # windows of 20 ms and 1.2 s
