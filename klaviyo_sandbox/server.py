@@ -181,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-limit-scale", type=float, default=1.0,
                         help="multiply the 1 s / 60 s rate-limit windows by this factor (default 1.0)")
     parser.add_argument("--faults", default=None,
-                        help="fault rules as JSON text or a JSON file, e.g. "
+                        help="fault rules as JSON text or a JSON file: {\"seed\": N, \"rules\": [...]}; a rule has "
+                             "match (operationId, spec path, 'GET /api/...' or '*'), kind (error | throttle | drop "
+                             "= connection closed mid-body | slow), status, retry_after, delay (s), rate (0..1), "
+                             "times, skip; e.g. "
                              "'{\"rules\":[{\"match\":\"get_events\",\"kind\":\"error\",\"status\":503,\"rate\":0.1}]}'")
     parser.add_argument("--store-path", default=None,
                         help="DuckDB file for the store (reused if it exists; default: in memory)")
