@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("PROVIDERS__ENABLE_AIRFLOW_SECRETS", "false")  # no Airflow Variable lookups
 
@@ -51,16 +52,26 @@ CONFIG = {
 }
 
 
-def least_seconds(requests: dict[tuple[str, str], int], scale: float) -> float:
-    """The rate limits' floor: per endpoint, the least time its requests need; endpoints run one
-    after another in a reverse sync, so the floors add up."""
+def by_operation(requests: dict[tuple[str, str], int]) -> dict[str, tuple[Any, int]]:
+    """Request counts per spec operation (job polls of different jobs share one operation)."""
     spec = load_spec()
-    total = 0.0
+    grouped: dict[str, tuple[Any, int]] = {}
     for (method, path), count in requests.items():
         match = spec.match(method, path)
-        if match and match[0].rate_limit:
-            limit = match[0].rate_limit
-            total += RateTier(limit.burst_per_second, limit.steady_per_minute).min_seconds(count, scale)
+        if match:
+            op = match[0]
+            grouped[op.operation_id] = (op, grouped.get(op.operation_id, (op, 0))[1] + count)
+    return grouped
+
+
+def least_seconds(requests: dict[tuple[str, str], int], scale: float) -> float:
+    """The rate limits' floor: per operation, the least time its requests need; a reverse sync
+    alternates between them, so the floors add up."""
+    total = 0.0
+    for op, count in by_operation(requests).values():
+        if op.rate_limit:
+            tier = RateTier(op.rate_limit.burst_per_second, op.rate_limit.steady_per_minute)
+            total += tier.min_seconds(count, scale)
     return total
 
 
@@ -99,7 +110,7 @@ def bench_push(n: int, workdir: Path, scale: float, batch_size: int) -> None:
               f"rate-limit floor for those requests {floor:.1f}s")
         print(f"  report: sent {report.sent}, added {report.added_to_list}, rejected {report.rejected}; "
               f"list members in sandbox store: {members}")
-        print("  requests: " + ", ".join(f"{m} {p.split('/api/')[1][:40]} x{c}" for (m, p), c in sorted(counter.seen.items())))
+        print("  requests: " + ", ".join(f"{name} x{count}" for name, (_, count) in sorted(by_operation(counter.seen).items())))
         started = time.monotonic()
         again = reverse_sync({**CONFIG, "batch_size": batch_size}, destination=destination, dataset_name="bench_data", client=client,
                              pipelines_dir=str(workdir / "rs"))
