@@ -1,0 +1,54 @@
+"""Every third-party module the shipped packages import is a declared runtime dependency.
+
+`make demo` installs only the runtime dependencies, so a module imported at run time but listed
+only in the test extra breaks the Quick start while the suite (with the test extra) stays green.
+"""
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("klaviyo_source", "klaviyo_sandbox")
+# imported only inside the optional Airflow DAG / Airflow helper paths
+OPTIONAL = {"airflow"}
+# pytest plugin shipped for users' own test suites (loaded by pytest, so pytest is there)
+TEST_TOOLING = {"conformance_plugin.py"}
+
+
+def _declared_runtime() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = set()
+    for requirement in project["dependencies"]:
+        names.add(re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def _top_level_imports() -> set[str]:
+    modules: set[str] = set()
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name in TEST_TOOLING:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    modules.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules.add(node.module.split(".")[0])
+    return modules - set(PACKAGES) - set(sys.stdlib_module_names) - OPTIONAL - {"__future__"}
+
+
+def test_runtime_imports_are_declared_dependencies():
+    declared = _declared_runtime()
+    # dlt[...] brings these in itself; they are dlt's own dependencies, not ours to pin
+    provided_by_dlt = {"dlt", "tenacity", "pyyaml", "psycopg2", "psycopg2-binary", "pyarrow", "requests", "pendulum", "urllib3"}
+    distributions = packages_distributions()
+    undeclared = []
+    for module in sorted(_top_level_imports()):
+        dists = {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
+        if not dists & (declared | provided_by_dlt):
+            undeclared.append(f"{module} (from {', '.join(sorted(dists))})")
+    assert not undeclared, f"imported at run time but not in [project].dependencies: {undeclared}"
