@@ -218,18 +218,24 @@ MORE_STREAMS: tuple[Stream, ...] = (
         path="/api/flows/{id}/flow-actions",
         rate_tier=RateTier(3, 60),
         page_size=50,
+        cursor_field="updated",
+        cursor_operators=_FLOW_DATE_OPERATORS,
         resource_type="flow-action",
         parent="flows",
-        description="Flow actions (definition flattened), one request per flow; `flow_id` links the flow.",
+        description="Flow actions (definition flattened), one request per flow, incremental on `updated`; "
+                    "`flow_id` links the flow.",
     ),
     Stream(
         name="flow_messages",
         path="/api/flow-actions/{id}/flow-messages",
         rate_tier=RateTier(3, 60),
         page_size=50,
+        cursor_field="updated",
+        cursor_operators=_FLOW_DATE_OPERATORS,
         resource_type="flow-message",
         parent="flow_actions",
-        description="Flow messages, one request per flow action; `flow_action_id` links the action.",
+        description="Flow messages, one request per flow action, incremental on `updated`; "
+                    "`flow_action_id` links the action.",
     ),
     Stream(
         name="campaign_messages",

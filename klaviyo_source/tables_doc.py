@@ -50,7 +50,7 @@ def render_reference() -> str:
         lines += [
             f"## `{name}`",
             "",
-            f"{stream.description}  Endpoint `GET {stream.path}`; load: {load}; "
+            f"{stream.description}  Endpoint `{'POST' if stream.factory == 'report' else 'GET'} {stream.path}`; load: {load}; "
             f"rate tier {tier.burst_per_second}/s, {tier.steady_per_minute}/min.",
             "",
             "| column | type | notes |",
