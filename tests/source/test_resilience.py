@@ -29,7 +29,6 @@ def _assert_exact(runner: Runner, table: str, type_: str) -> None:
     assert set(ids) == truth_ids(runner.sb, type_), f"{table} differs from the sandbox"
 
 
-@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 def test_429_storms_5xx_and_dropped_connections_lose_nothing(runner):
     rules = [
         {"match": "get_profiles", "kind": "throttle", "retry_after": 1, "times": 3},  # a 429 storm
@@ -66,6 +65,7 @@ def test_crash_mid_extraction_then_rerun_has_no_gaps_or_duplicates(runner):
     assert set(new_events) <= set(runner.ids("events"))
 
 
+# the killed child process loads a DuckDB file; recovery on PostgreSQL is covered by the fault-crash test
 @pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 def test_process_killed_mid_run_then_rerun(runner, tmp_path):
     """SIGKILL the pipeline process while it extracts (slowed by faults), then rerun in-process."""
@@ -108,7 +108,6 @@ def test_state_survives_a_wiped_pipeline_folder(runner):
     _assert_exact(runner, "profiles", "profile")
 
 
-@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 def test_profiles_sharing_one_updated_second_across_page_breaks_are_never_lost(runner):
     sb = runner.sb
     frozen = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(seconds=5)
@@ -160,6 +159,7 @@ def test_config_errors_are_one_line(sandbox):
         assert sandbox.api_key not in line
 
 
+# fails before anything is loaded: the destination plays no part
 @pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 def test_unknown_metric_name_is_one_line(runner):
     with pytest.raises(Exception) as failure:
@@ -167,7 +167,6 @@ def test_unknown_metric_name_is_one_line(runner):
     assert "metrics: unknown metric id/name 'No Such Metric'" in describe(failure.value)
 
 
-@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 def test_metrics_option_restricts_events(runner):
     runner.run(["events"], metrics=["Placed Order"])
     placed = {m["id"] for m in runner.sb.control.records("metric") if m["attributes"]["name"] == "Placed Order"}
@@ -175,7 +174,6 @@ def test_metrics_option_restricts_events(runner):
     assert set(runner.ids("events")) == truth and truth
 
 
-@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 def test_secrets_never_reach_logs_tables_or_pipeline_files(runner, caplog):
     import logging
 

@@ -89,7 +89,6 @@ def test_columns_are_typed_and_flattened(runner):
         assert metric_id == rel["metric"] and profile_id == rel["profile"]
 
 
-@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 def test_late_events_inside_the_lookback_are_captured(runner):
     sb = runner.sb
     runner.run(["events"])
@@ -106,7 +105,6 @@ def test_late_events_inside_the_lookback_are_captured(runner):
     assert len(runner.ids("events")) == len(set(runner.ids("events")))
 
 
-@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 def test_watermark_never_passes_now_even_with_future_records(runner):
     sb = runner.sb
     profile_id = sb.control.records("profile")[0]["id"]

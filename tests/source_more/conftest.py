@@ -77,8 +77,3 @@ def truth_links(sb: Any, link: str) -> set[tuple[str, str]]:
     rows = sb.store.execute("SELECT a, b FROM links WHERE account = ? AND link = ?", [sb.account.id, link]).fetchall()
     return {(a, b) for a, b in rows}
 
-
-@pytest.fixture
-def duckdb_runner(sandbox, tmp_path, unique_name):
-    """A runner into a DuckDB file only (for behaviour the destination does not change)."""
-    return Runner(sandbox, dlt.destinations.duckdb(str(tmp_path / "more.duckdb")), tmp_path, unique_name)

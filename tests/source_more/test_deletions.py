@@ -55,8 +55,7 @@ def test_deleted_resources_get_deleted_at_and_removed_members_removed_at(runner)
     assert runner.count("list_members") == members_before
 
 
-def test_a_member_who_rejoins_is_active_again(duckdb_runner):
-    runner = duckdb_runner
+def test_a_member_who_rejoins_is_active_again(runner):
     sb = runner.sb
     group = truth(sb, "segment")[0]
     profile, _ = sb.store.members(sb.account.id, "segment", group.id)[0]
@@ -72,8 +71,7 @@ def test_a_member_who_rejoins_is_active_again(duckdb_runner):
                        f"AND segment_id = '{group.id}'") == [(True,)]
 
 
-def test_hard_delete_option_removes_vanished_rows(duckdb_runner):
-    runner = duckdb_runner
+def test_hard_delete_option_removes_vanished_rows(runner):
     sb = runner.sb
     runner.run(["lists", "tags"], deletions="hard")
     gone_list, gone_tag = truth(sb, "list")[0], truth(sb, "tag")[0]
@@ -84,8 +82,7 @@ def test_hard_delete_option_removes_vanished_rows(duckdb_runner):
     assert {r[0] for r in runner.rows("SELECT id FROM tags")} == {r.id for r in truth(sb, "tag")}
 
 
-def test_list_deleted_mid_run_with_404_members_does_not_fail_the_run(duckdb_runner):
-    runner = duckdb_runner
+def test_list_deleted_mid_run_with_404_members_does_not_fail_the_run(runner):
     sb = runner.sb
     lists = truth(sb, "list")
     vanishing = lists[1].id

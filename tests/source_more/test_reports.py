@@ -64,10 +64,10 @@ def test_reports_reread_their_window_without_duplicate_rows(runner):
         f"AND date = '{late_day.isoformat()}'") == [(recipients_before + 1,)]
 
 
-def test_metric_aggregates_days_are_cut_in_the_configured_timezone(duckdb_runner):
+def test_metric_aggregates_days_are_cut_in_the_configured_timezone(runner):
     from zoneinfo import ZoneInfo
 
-    runner, sb = duckdb_runner, duckdb_runner.sb
+    sb = runner.sb
     zone = ZoneInfo("Asia/Tokyo")
     runner.run(["metric_aggregates"], report_timezone="Asia/Tokyo")
     opened = next(r.id for r in truth(sb, "metric") if r.attributes["name"] == "Opened Email")
