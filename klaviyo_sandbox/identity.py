@@ -7,7 +7,8 @@
 * ``create_or_update_profile`` / ``update_profile``: ``null`` clears a field, an absent field
   is left unchanged, ``properties`` merge key by key, ``meta.patch_properties`` appends/unappends/unsets.
 * ``bulk_import_profiles``: ``null`` values are ignored (Klaviyo documents that bulk import
-  cannot clear a field).
+  cannot clear a field).  ``import_profiles`` applies these rules to a whole batch in order
+  against an in-memory view of the profiles it touches (one read, one insert, one update).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
+
 from klaviyo_sandbox.errors import ApiError
-from klaviyo_sandbox.store import Store
+from klaviyo_sandbox.store import Store, iso
 
 IDENTIFIERS = ("email", "phone_number", "external_id")
 PROFILE_ATTRIBUTES = frozenset(
@@ -227,3 +230,116 @@ def upsert_profile(store: Store, account: str, attrs: dict[str, Any], *, profile
             raise invalid("One of email, phone_number or external_id is required to identify a profile.",
                           "/data/attributes")
         return write_profile(store, account, target, attrs, nulls_clear=nulls_clear, patch_properties=patch_properties)
+
+
+_NEW_SEQ = 1 << 62  # in-batch order of the profiles a batch creates: after every stored profile
+_SERVED_EXTRAS = ("subscriptions", "predictive_analytics")
+
+
+def _key(value: Any) -> str | None:
+    """An identifier value as the VARCHAR column holds it (None when it identifies nothing)."""
+    if not value:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+class _BatchView:
+    """The profiles a batch touches, in memory: identifier lookups answer what the store would
+    answer after the batch's earlier writes (lowest ``seq`` holding the value wins)."""
+
+    def __init__(self, store: Store, account: str, items: list[tuple[str | None, dict[str, Any], Any]]):
+        self.new_id = lambda: store.new_id(account, "profile")
+        values: dict[str, set[str]] = {name: set() for name in IDENTIFIERS}
+        ids = {profile_id for profile_id, _, _ in items if profile_id}
+        for _, attrs, _ in items:
+            for name in IDENTIFIERS:
+                key = _key(attrs.get(name))
+                if key is not None:
+                    values[name].add(key)
+        rows = store.execute(
+            "SELECT id, seq, attrs FROM profiles WHERE account = ? AND (email IN (SELECT unnest(?))"
+            " OR phone_number IN (SELECT unnest(?)) OR external_id IN (SELECT unnest(?)) OR id IN (SELECT unnest(?)))",
+            [account, *[sorted(values[name]) or ["\0"] for name in IDENTIFIERS], sorted(ids) or ["\0"]]).fetchall()
+        self.attrs: dict[str, dict[str, Any]] = {}  # profile key -> served attributes (extras excluded)
+        self.seq: dict[str, int] = {}
+        self.holders: dict[str, dict[str, dict[str, int]]] = {name: {} for name in IDENTIFIERS}
+        self.created: dict[str, dict[str, Any]] = {}  # new profile key -> its extras (subscriptions)
+        self.changed: set[str] = set()
+        for id_, seq, text in rows:
+            self._put(id_, seq, orjson.loads(text))
+
+    def _put(self, key: str, seq: int, attrs: dict[str, Any]) -> None:
+        old = self.attrs.get(key, {})
+        for name in IDENTIFIERS:
+            before, after = _key(old.get(name)), _key(attrs.get(name))
+            if before != after:
+                if before is not None:
+                    self.holders[name].get(before, {}).pop(key, None)
+                if after is not None:
+                    self.holders[name].setdefault(after, {})[key] = seq
+        self.attrs[key], self.seq[key] = attrs, seq
+
+    def matches(self, attrs: dict[str, Any]) -> dict[str, str]:
+        """``identity_matches`` against the batch's view."""
+        found = {}
+        for name in IDENTIFIERS:
+            key = _key(attrs.get(name))
+            holders = self.holders[name].get(key) if key is not None else None
+            if holders:
+                found[name] = min(holders, key=holders.__getitem__)
+        return found
+
+    def upsert(self, profile_id: str | None, attrs: dict[str, Any], patch: dict[str, Any] | None, now: str) -> str:
+        """``upsert_profile(..., nulls_clear=False)`` of normalised ``attrs`` against the view; returns the profile key."""
+        matches = self.matches(attrs)
+        if profile_id:
+            if profile_id not in self.attrs:
+                raise not_found(f"A profile with id {profile_id} does not exist.")
+            target: str | None = profile_id
+        else:
+            target = next((matches[name] for name in IDENTIFIERS if name in matches), None)
+        for name in IDENTIFIERS:
+            other = matches.get(name)
+            if target and other and other != target:
+                raise duplicate(other, f"A profile already exists with this {name}; it belongs to profile {other}.")
+        if target is None:
+            if not any(attrs.get(name) for name in (*IDENTIFIERS, "anonymous_id", "_kx")):
+                raise invalid("One of email, phone_number or external_id is required to identify a profile.",
+                              "/data/attributes")
+            full = new_profile_attributes(attrs)
+            served = {k: v for k, v in full.items() if k not in _SERVED_EXTRAS}
+            for name in ("created", "updated"):  # store.insert's defaults
+                served[name] = served.get(name) or now
+            target = self.new_id()
+            self.created[target] = {k: full[k] for k in _SERVED_EXTRAS if k in full}
+            self._put(target, _NEW_SEQ + len(self.created), served)
+            return target
+        served = self.attrs[target]
+        merged = merged_attributes(served, attrs, nulls_clear=False, patch_properties=patch)
+        merged.pop("updated", None)
+        # as write_profile: properties reset, then the merge on top, then ``updated`` bumped
+        self._put(target, self.seq[target], {**served, "properties": None, **merged, "updated": now})
+        if target not in self.created:
+            self.changed.add(target)
+        return target
+
+
+def import_profiles(store: Store, account: str,
+                    items: list[tuple[str | None, dict[str, Any], dict[str, Any] | None]]) -> list[str | WriteError]:
+    """``bulk_import_profiles``: upsert (profile id, checked attributes, patch_properties) items in order,
+    with the results ``upsert_profile(..., nulls_clear=False)`` would give one by one (``null`` ignored),
+    but reading the store once and writing it in two statements.  Returns per item the profile id
+    or the ``WriteError`` that rejected it."""
+    items = [(profile_id, normalise(attrs), patch) for profile_id, attrs, patch in items]
+    with store.lock:
+        view = _BatchView(store, account, items)
+        now = iso(store.now())
+        results: list[str | WriteError] = []
+        for profile_id, attrs, patch in items:
+            try:
+                results.append(view.upsert(profile_id, attrs, patch, now))
+            except WriteError as exc:
+                results.append(exc)
+        store.insert_many(account, "profile", {k: {**view.attrs[k], **extras} for k, extras in view.created.items()})
+        store.replace_many(account, "profile", {k: view.attrs[k] for k in view.changed})
+    return results

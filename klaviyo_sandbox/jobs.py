@@ -3,8 +3,11 @@
 A job is accepted with status ``queued``; it moves on as the client polls it (the first poll
 shows ``processing``, the ``complete_after_polls``-th poll completes it) or as sandbox time passes
 (``complete_after_seconds`` after creation, checked whenever jobs are read).  The profiles are
-written when the job completes — so, as on Klaviyo, they are not readable right after the 202.
-Each profile is upserted by its identifiers with bulk-import semantics (``null`` is ignored);
+written while the job is processing, by a worker thread the first poll starts (the completing
+poll waits for it; a job completed straight from ``queued`` is written by that request) — so, as
+on Klaviyo, they are not readable right after the 202.  The whole job is one batch upsert
+(``identity.import_profiles``): each profile is upserted by its identifiers with bulk-import
+semantics (``null`` is ignored), exactly as one by one;
 a profile that fails (invalid email/phone, no identifier, conflicting identifiers) becomes an
 ``import-error`` with a JSON pointer into the original payload, and counts in ``failed_count``.
 Successful profiles are added to the job's lists (``relationships.lists``).
@@ -18,8 +21,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from klaviyo_sandbox.identity import WriteError, check_profile_attributes, upsert_profile
-from klaviyo_sandbox.store import Store, iso
+from klaviyo_sandbox.identity import WriteError, check_profile_attributes, import_profiles
+from klaviyo_sandbox.store import MEMBERS, Store, iso
 
 MAX_PROFILES = 10_000
 MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
@@ -54,6 +57,8 @@ class ImportJob:
     completed_at: dt.datetime | None = None
     profile_ids: list[str] = field(default_factory=list)
     errors: list[ImportError_] = field(default_factory=list)
+    worker: threading.Thread | None = field(default=None, repr=False)
+    failure: BaseException | None = field(default=None, repr=False)
 
     @property
     def total_count(self) -> int:
@@ -124,26 +129,61 @@ class ImportJobs:
             self._complete(job)
         elif job.polls >= 1 and job.status == "queued":
             job.status, job.started_at = "processing", self.store.now()
+            job.worker = threading.Thread(target=self._process, args=(job,), name=f"import-job-{job.id}", daemon=True)
+            job.worker.start()
 
     def _complete(self, job: ImportJob) -> None:
-        job.started_at = job.started_at or self.store.now()
-        for index, entry in enumerate(job.profiles):
-            pointer = f"/data/attributes/profiles/data/{index}"
-            try:
-                attrs = check_profile_attributes(entry.get("attributes"), pointer + "/attributes")
-                meta = entry.get("meta") or {}
-                profile_id, _ = upsert_profile(self.store, job.account, attrs, profile_id=entry.get("id") or None,
-                                               nulls_clear=False, patch_properties=meta.get("patch_properties"))
-            except WriteError as exc:
-                where = exc.pointer or "/data"
-                if not where.startswith(pointer):  # a pointer into a single-profile document
-                    where = pointer + where[len("/data"):] if where.startswith("/data") else pointer
-                job.errors.append(ImportError_(str(uuid.uuid4()), exc.code, exc.title, exc.detail, where, entry))
-                continue
-            if profile_id not in job.profile_ids:
-                job.profile_ids.append(profile_id)
-        for list_id in job.list_ids:
-            if self.store.exists(job.account, "list", list_id):
-                self.store.add_members(job.account, "list", list_id, job.profile_ids)
-                self.store.update(job.account, "list", list_id, {})
+        """Finish the job: wait for its worker (started when it began processing), or do the work now."""
+        if job.worker is None:
+            self._process(job)
+        else:
+            job.worker.join()
+        if job.failure is not None:
+            raise job.failure
         job.status, job.completed_at = "complete", self.store.now()
+
+    def _process(self, job: ImportJob) -> None:
+        """Write the job's profiles (one batch upsert) and list memberships; records a failure on the job."""
+        try:
+            self._write(job)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by _complete in the polling request
+            job.failure = exc
+
+    def _write(self, job: ImportJob) -> None:
+        job.started_at = job.started_at or self.store.now()
+        errors: dict[int, ImportError_] = {}
+        items, positions = [], []
+        for index, entry in enumerate(job.profiles):
+            try:
+                attrs = check_profile_attributes(entry.get("attributes"), f"{_POINTER}/{index}/attributes")
+            except WriteError as exc:
+                errors[index] = _import_error(exc, index, entry)
+                continue
+            meta = entry.get("meta") or {}
+            items.append((entry.get("id") or None, attrs, meta.get("patch_properties")))
+            positions.append(index)
+        profile_ids: dict[str, None] = {}
+        for index, result in zip(positions, import_profiles(self.store, job.account, items)):
+            if isinstance(result, WriteError):
+                errors[index] = _import_error(result, index, job.profiles[index])
+            else:
+                profile_ids.setdefault(result)
+        job.errors = [errors[i] for i in sorted(errors)]
+        job.profile_ids = list(profile_ids)
+        for list_id in job.list_ids:
+            with self.store.lock:
+                if self.store.exists(job.account, "list", list_id):
+                    self.store.link_many(job.account, MEMBERS["list"], list_id, job.profile_ids)
+                    self.store.update(job.account, "list", list_id, {})
+
+
+_POINTER = "/data/attributes/profiles/data"
+
+
+def _import_error(exc: WriteError, index: int, entry: dict[str, Any]) -> ImportError_:
+    """The import-error of profile ``index``, its pointer rebased from a single-profile document."""
+    pointer = f"{_POINTER}/{index}"
+    where = exc.pointer or "/data"
+    if not where.startswith(pointer):
+        where = pointer + where[len("/data"):] if where.startswith("/data") else pointer
+    return ImportError_(str(uuid.uuid4()), exc.code, exc.title, exc.detail, where, entry)

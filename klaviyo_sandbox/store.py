@@ -479,6 +479,50 @@ class Store:
             cols = ", ".join(f'"{c}"' for c in arrays)
             self.db.execute(f"INSERT INTO {kind.table} ({cols}) SELECT {cols} FROM staged")
 
+    def new_id(self, account: str, type_: str) -> str:
+        """A fresh id of ``type_``'s style, for records inserted later with ``insert_many``."""
+        kind = self.kind(type_)
+        return make_id(kind.id_style, account, type_, "new", next(self._id_counter), self.now().timestamp())
+
+    def insert_many(self, account: str, type_: str, records: dict[str, dict[str, Any]]) -> None:
+        """Insert many new records (id -> attributes, in order) as ``insert`` would one by one
+        (``created``/``updated`` defaulting to now), in one statement."""
+        kind = self.kind(type_)
+        now = self.now()
+        rows = []
+        for id_, attributes in records.items():
+            attributes = dict(attributes)
+            for attr in (kind.created_attr, kind.updated_attr):
+                if attr and attributes.get(attr) is None:
+                    attributes[attr] = iso(now)
+            rows.append({"id": id_, "attributes": attributes})
+        self.bulk_insert(account, type_, rows, inserted_at=now)
+
+    def replace_many(self, account: str, type_: str, attributes_by_id: dict[str, dict[str, Any]]) -> None:
+        """Overwrite the served attributes (and typed columns) of many existing records in one statement.
+
+        Nothing is merged or bumped (pass the final attributes); extras, relationships and columns
+        fed by ``_`` keys keep their stored values.
+        """
+        import pyarrow as pa
+
+        if not attributes_by_id:
+            return
+        kind = self.kind(type_)
+        written = [c for c, (_, path) in kind.columns.items() if not path.startswith("_")]
+        columns: dict[str, list[Any]] = {"id": [], "attrs": [], **{c: [] for c in written}}
+        for id_, attributes in attributes_by_id.items():
+            values = self._row_values(kind, attributes, {})
+            columns["id"].append(id_)
+            for name in ("attrs", *written):
+                columns[name].append(values[name])
+        types = {c: (pa.timestamp("us") if kind.columns[c][0] == "TIMESTAMP" else None) for c in written}
+        staged = pa.table({c: pa.array(v, type=types.get(c)) for c, v in columns.items()})  # noqa: F841 - DuckDB scan
+        sets = ", ".join(f'"{c}" = staged."{c}"' for c in ("attrs", *written))
+        with self.lock:
+            self.db.execute(f"UPDATE {kind.table} SET {sets} FROM staged "
+                            f"WHERE {kind.table}.account = ? AND {kind.table}.id = staged.id", [account])
+
     def update(self, account: str, type_: str, id_: str, attributes: dict[str, Any],
                relationships: dict[str, str | None] | None = None, touch: bool = True) -> Record:
         """Merge ``attributes`` into a record (top-level keys replaced; ``properties`` merged key by key).
@@ -536,6 +580,30 @@ class Store:
                 [account, link, a, b, naive_utc(joined_at or self.now()), self.next_seq("links")],
             )
             return True
+
+    def link_many(self, account: str, link: str, a: str, bs: Iterable[str], joined_at: dt.datetime | None = None) -> int:
+        """Add links from ``a`` to each of ``bs`` (idempotent, in order) in one statement; returns how many were new."""
+        import pyarrow as pa
+
+        if link not in LINKS:
+            raise KeyError(f"unknown link {link!r}; known: {', '.join(LINKS)}")
+        wanted = list(dict.fromkeys(bs))
+        if not wanted:
+            return 0
+        with self.lock:
+            present = {r[0] for r in self.execute(
+                "SELECT b FROM links WHERE account=? AND link=? AND a=? AND b IN (SELECT unnest(?))",
+                [account, link, a, wanted]).fetchall()}
+            new = [b for b in wanted if b not in present]
+            if not new:
+                return 0
+            staged = pa.table({  # noqa: F841 - read by DuckDB's replacement scan below
+                "b": pa.array(new, pa.string()),
+                "joined_at": pa.array([naive_utc(joined_at or self.now())] * len(new), pa.timestamp("us")),
+                "seq": pa.array([self.next_seq("links") for _ in new], pa.int64()),
+            })
+            self.db.execute("INSERT INTO links SELECT ?, ?, ?, b, joined_at, seq FROM staged", [account, link, a])
+        return len(new)
 
     def unlink(self, account: str, link: str, a: str, b: str) -> bool:
         with self.lock:

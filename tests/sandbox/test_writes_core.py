@@ -96,3 +96,72 @@ def test_subscribe_sets_consent_and_list_membership(world):
     marketing = store.get(account, "profile", pid).attributes["subscriptions"]["email"]["marketing"]
     assert marketing["consent"] == "SUBSCRIBED" and marketing["can_receive_email_marketing"] is True
     assert pid in [m for m, _ in store.members(account, "list", list_id)]
+
+
+def _messy_batch(store, account, n=300):
+    """Bulk-import items that hit every identity rule: matches by each identifier, repeats within
+    the batch, conflicts, unknown ids, missing identifiers, nulls, properties and patches."""
+    import random
+
+    rnd = random.Random(11)
+    existing = store.all(account, "profile")
+    items = []
+    for i in range(n):
+        other = rnd.choice(existing).attributes
+        attrs: dict = {}
+        roll = rnd.random()
+        if roll < 0.25:
+            attrs["email"] = (other["email"] or "x@example.com").upper()
+        elif roll < 0.4:
+            attrs["phone_number"] = other["phone_number"] or "+15550001111"
+        elif roll < 0.5:
+            attrs["email"] = rnd.choice(existing).attributes["email"] or "q@example.com"
+            attrs["phone_number"] = rnd.choice(existing).attributes["phone_number"] or "+15550002222"
+        elif roll < 0.85:
+            attrs["email"] = f"new{rnd.randint(0, 60)}@example.com"
+        if rnd.random() < 0.3:
+            attrs["phone_number"] = f"+1555{rnd.randint(0, 40):07d}"
+        if rnd.random() < 0.2:
+            attrs["external_id"] = f"ext-{rnd.randint(0, 30)}"
+        attrs["first_name"] = rnd.choice([None, "A", "B"])
+        if rnd.random() < 0.5:
+            attrs["properties"] = {"k": rnd.choice([None, 1, 2]), f"p{i % 5}": i}
+        if rnd.random() < 0.3:
+            attrs["location"] = {"city": rnd.choice([None, "Paris"])}
+        patch = {"append": {"tags": "t"}} if rnd.random() < 0.1 else None
+        profile_id = rnd.choice(existing).id if rnd.random() < 0.05 else ("01NOSUCH" if rnd.random() < 0.03 else None)
+        items.append((profile_id, attrs, patch))
+    return items
+
+
+def test_batch_import_writes_what_one_by_one_upserts_write():
+    import datetime as dt
+    import re
+
+    from klaviyo_sandbox.identity import check_profile_attributes, import_profiles
+    from klaviyo_sandbox.store import Clock
+
+    def world_at_noon():
+        store = Store(clock=Clock(frozen=dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc)))
+        return store, generate(store, seed=5, accounts=1, profiles=120, events=10)[0].id
+
+    (one, account), (batch, _) = world_at_noon(), world_at_noon()
+    items = _messy_batch(one, account)
+    singly = []
+    for profile_id, attrs, patch in items:
+        try:
+            singly.append(upsert_profile(one, account, check_profile_attributes(dict(attrs)), profile_id=profile_id,
+                                         nulls_clear=False, patch_properties=patch)[0])
+        except WriteError as exc:
+            singly.append((exc.status, exc.code, exc.detail))
+    together = import_profiles(batch, account, [(p, check_profile_attributes(dict(a)), x) for p, a, x in items])
+    sql = "SELECT attrs, email, phone_number, external_id, created, updated, x_subscriptions, id FROM profiles ORDER BY seq"
+    rows_one, rows_batch = one.execute(sql).fetchall(), batch.execute(sql).fetchall()
+    assert [r[:-1] for r in rows_one] == [r[:-1] for r in rows_batch]  # same profiles, same order, same columns
+    same_id = {a[-1]: b[-1] for a, b in zip(rows_one, rows_batch)}  # new profiles get fresh ids
+    expected = [same_id[r] if isinstance(r, str) else
+                (r[0], r[1], re.sub(r"01[0-9A-Z]{24}", lambda m: same_id.get(m.group(0), m.group(0)), r[2]))
+                for r in singly]
+    assert [r if isinstance(r, str) else (r.status, r.code, r.detail) for r in together] == expected
+    assert sum(not isinstance(r, str) for r in together) > 20 and len(rows_batch) > 120 + 20  # the batch was messy
+    one.close(), batch.close()
