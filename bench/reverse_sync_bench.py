@@ -153,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push", type=int, default=100_000, help="profiles pushed into a list (0: skip)")
     parser.add_argument("--diff", type=int, default=1_000_000, help="source rows diffed (0: skip)")
     parser.add_argument("--batch-size", type=int, default=10_000,
-                        help="profiles per bulk-import job (the sandbox completes a job inside one poll: keep "
-                             "it small enough to finish within the client's 60s read timeout)")
+                        help="profiles per bulk-import job (Klaviyo's maximum is 10,000)")
     parser.add_argument("--rate-limit-scale", type=float, default=1.0, help="sandbox rate-limit window scale")
     args = parser.parse_args(argv)
     if args.diff:
