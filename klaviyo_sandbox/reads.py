@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa
 
 from .app import RequestContext, SandboxApp
 from .envelopes import (RELATED_TYPES, URL_SAFE_SQL, Serializer, collection_body, decode_cursor, encode_cursor, jstr,
@@ -443,8 +444,12 @@ def page_query(ctx: RequestContext, source: Source, options: ReadOptions, condit
                      cursor_raw, inner_sql, ("_sort", "_seq") if sort_field else ("_seq",))
 
 
-def _run(ctx: RequestContext, sql: str, params: list[Any]) -> duckdb.DuckDBPyConnection:
+def _run(ctx: RequestContext, sql: str, params: list[Any], arrow: bool = False) -> Any:
+    """Execute a read (a DuckDB cursor, or an Arrow table with ``arrow``); DuckDB input errors -> 400."""
     try:
+        if arrow:  # a cursor of its own: sql() refuses a connection with an unfinished execute() result
+            with ctx.store.db.cursor() as cursor:
+                return cursor.sql(sql, params=params).to_arrow_table()
         return ctx.store.execute(sql, params)
     except ApiError:
         raise
@@ -498,26 +503,30 @@ def fetch_page_json(ctx: RequestContext, ser: Serializer, source: Source, option
     query = page_query(ctx, source, options, conditions, sort, limit)
     kind = source.kind
     ids = " || ".join(["id"] + [f"coalesce({rel_column(r)}, '')" for r in kind.to_one])
-    flip = {"ASC": "DESC", "DESC": "ASC"}
-    in_query = ", ".join(f"{k} {query.direction}" for k in query.keys)
-    in_output = ", ".join(f"{k} {flip[query.direction] if query.backwards else query.direction}" for k in query.keys)
-    # all limit + 1 rows are joined (the extra one only tells that there is a next page) and the
-    # extra one's text is cut off in Python: cheaper than numbering the wide rows in DuckDB
-    sql = (f"SELECT encode(string_agg(j, ',' ORDER BY {in_output})), count(*), bool_and(regexp_full_match(k, "
-           f"'{URL_SAFE_SQL}')), list(_sort ORDER BY {in_query}), list(_seq ORDER BY {in_query}), "
-           f"list(strlen(j) ORDER BY {in_query})[{limit + 1}] "
-           f"FROM (SELECT _sort, _seq, {ser.resource_sql(kind)} AS j, {ids} AS k FROM ({query.inner_sql}))")
-    data, count, safe, sorts, seqs, extra = _run(ctx, sql, query.params).fetchone()
-    if count and not safe:
+    # one text per row, each followed by a comma (NULL when an id needs escaping); the texts come
+    # back as one Arrow buffer that is sliced as is -- no per-row Python objects
+    sql = (f"SELECT _sort, _seq, CASE WHEN regexp_full_match({ids}, '{URL_SAFE_SQL}') "
+           f"THEN concat({ser.resource_sql(kind)}, ',') END AS j FROM ({query.inner_sql})")
+    table = _run(ctx, sql, query.params, arrow=True)
+    if table.column("j").null_count:
         return None
-    data = data or b""
-    more = count > limit
-    if more:  # drop the extra row: last in output order, or first when walking backwards
-        data = data[extra + 1:] if query.backwards else data[:len(data) - extra - 1]
-    k = min(count, limit)
-    top, bottom = ((sorts[0], seqs[0]), (sorts[k - 1], seqs[k - 1])) if k else (None, None)
-    first, last = (bottom, top) if query.backwards else (top, bottom)
-    next_cursor, prev_cursor = _page_cursors(query, k, more, first, last)
+    order = "descending" if query.direction == "DESC" else "ascending"
+    table = table.sort_by([(key, order) for key in query.keys])  # query order
+    more = table.num_rows > limit
+    table = table.slice(0, limit)
+    k = table.num_rows
+    if query.backwards:
+        table = table.take(pa.array(range(k - 1, -1, -1), pa.int64()))
+    texts = table.column("j").combine_chunks()
+    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+        texts = texts.cast(pa.large_string())  # e.g. string_view: make the texts one contiguous buffer
+    data = b""
+    if k:
+        offsets = memoryview(texts.buffers()[1]).cast("i" if pa.types.is_string(texts.type) else "q")
+        start, stop = int(offsets[texts.offset]), int(offsets[texts.offset + k])
+        data = texts.buffers()[2].slice(start, stop - start - 1).to_pybytes()  # without the last comma
+    ends = [(table.column("_sort")[i].as_py(), table.column("_seq")[i].as_py()) for i in (0, k - 1)] if k else [None, None]
+    next_cursor, prev_cursor = _page_cursors(query, k, more, *ends)
     return data, next_cursor, prev_cursor
 
 
