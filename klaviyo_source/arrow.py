@@ -133,9 +133,9 @@ def _raw_bytes(values: list[Any]) -> list[bytes]:
     return [_NULL if raw is None else bytes(raw) or _NULL for raw in values]
 
 
-def _raw_text(values: list[Any]) -> pa.Array:
-    """Raw JSON bytes (msgspec.Raw) -> JSON text column; JSON null / absent -> NULL."""
-    text = pa.array(_raw_bytes(values), type=pa.binary()).cast(pa.string())
+def _raw_text(raws: list[bytes]) -> pa.Array:
+    """Raw JSON bytes (see ``_raw_bytes``) -> JSON text column; JSON null / absent -> NULL."""
+    text = pa.array(raws, type=pa.binary()).cast(pa.string())
     return pc.if_else(pc.equal(text, "null"), pa.scalar(None, pa.string()), text)
 
 
@@ -235,10 +235,18 @@ class PageConverter:
                 cache[path] = found
             return found
 
+        raw_cache: dict[tuple[str, ...], list[bytes]] = {}
+
+        def raw_at(path: tuple[str, ...]) -> list[bytes]:  # a bag's bytes serve its column and promoted values
+            found = raw_cache.get(path)
+            if found is None:
+                found = raw_cache[path] = _raw_bytes(at(path))
+            return found
+
         arrays: dict[str, pa.Array] = {}
         promoted: dict[str, pa.Array] = {}
         for bag, (decoder, names) in plan.bag_decoders.items():
-            raws = _raw_bytes(at(bag))
+            raws = raw_at(bag)
             try:  # one decoder call for the whole batch: [bag, bag, ...]
                 decoded = decoder.decode(b"[" + b",".join(raws) + b"]")
             except (msgspec.ValidationError, msgspec.DecodeError):  # some bag is not an object
@@ -272,7 +280,7 @@ class PageConverter:
                         for name, column_values in _flatten_bag(column.name, bags).items():
                             arrays[name] = _infer(column_values)
                         continue
-                arrays[column.name] = _raw_text(raws)
+                arrays[column.name] = _raw_text(raw_at(column.path))
             else:
                 arrays[column.name] = to_array(at(column.path), column.kind)
         return pa.table(arrays)
