@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.client
+import logging
 import random
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import msgspec
 import orjson
 import requests
 import urllib3
+from dlt.common import logger as dlt_logger
 from dlt.sources.helpers.requests.retry import (
     DEFAULT_RETRY_EXCEPTIONS,
     DEFAULT_RETRY_STATUS,
@@ -195,6 +197,12 @@ def _read_body(response: requests.Response) -> bytes:
 
 
 class _ParsingRESTClient(RESTClient):
+    def _log_request(self, request: requests.Request, prepared_url: str) -> None:
+        # dlt sanitises the URL for its INFO line even when INFO is off (a parse and
+        # re-encode of the long next link on every page)
+        if dlt_logger.isEnabledFor(logging.INFO):
+            super()._log_request(request, prepared_url)
+
     def extract_response(self, response: requests.Response, data_selector: Any) -> list[Any]:
         document = getattr(response, "klaviyo_document", None)
         if document is None:
