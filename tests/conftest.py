@@ -55,3 +55,56 @@ def destination(request, tmp_path):
 def unique_name() -> str:
     """A short unique suffix for pipeline and dataset names (tests share one PostgreSQL)."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pacers():
+    """Every test starts with fresh rate pacers (they are shared per endpoint within a process)."""
+    from klaviyo_source.pacing import PACERS
+
+    PACERS.clear()
+    yield
+    PACERS.clear()
+
+
+class SourceRunner:
+    """Runs the Klaviyo source against a sandbox into one destination and reads the tables back."""
+
+    pipeline_prefix = "kt"
+    dataset_prefix = "klaviyo"
+    source_defaults: dict = {}
+
+    def __init__(self, sb, destination, tmp_path, name: str):
+        self.sb = sb
+        self.destination = destination
+        self.pipelines_dir = str(tmp_path / "pipelines")
+        self.name = name
+        self.dataset = f"{self.dataset_prefix}_{name}"
+
+    def pipeline(self):
+        import dlt
+
+        return dlt.pipeline(pipeline_name=f"{self.pipeline_prefix}_{self.name}", destination=self.destination,
+                            dataset_name=self.dataset, pipelines_dir=self.pipelines_dir)
+
+    def source(self, **kwargs):
+        from klaviyo_source import klaviyo_source
+
+        kwargs = {"api_key": self.sb.api_key, "base_url": self.sb.base_url, **self.source_defaults, **kwargs}
+        return klaviyo_source(**kwargs)
+
+    def run(self, resources: list[str] | None = None, **kwargs):
+        pipeline = self.pipeline()
+        file_format = "parquet" if self.destination.destination_name == "duckdb" else None
+        info = pipeline.run(self.source(resources=resources, **kwargs), loader_file_format=file_format)
+        return pipeline, info
+
+    def rows(self, sql: str) -> list[tuple]:
+        with self.pipeline().sql_client() as client:
+            return [tuple(r) for r in client.execute_sql(sql)]
+
+    def ids(self, table: str) -> list[str]:
+        return [r[0] for r in self.rows(f"SELECT id FROM {table}")]
+
+    def count(self, table: str, where: str = "") -> int:
+        return self.rows(f"SELECT count(*) FROM {table}{' WHERE ' + where if where else ''}")[0][0]

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Any
 
-import dlt
 import pytest
 
-from klaviyo_source import klaviyo_source
-from klaviyo_source.pacing import PACERS
+from tests.conftest import SourceRunner
 
 SMALL = dict(seed=7, accounts=1, profiles=220, events=2000)
 
@@ -27,49 +24,8 @@ def sandbox():
         yield sb
 
 
-@pytest.fixture(autouse=True)
-def _fresh_pacers():
-    PACERS.clear()
-    yield
-    PACERS.clear()
-
-
-class Runner:
-    """Runs the Klaviyo source against a sandbox into one destination, in one pipelines_dir."""
-
-    def __init__(self, sb: Any, destination: Any, tmp_path: Any, name: str):
-        self.sb = sb
-        self.destination = destination
-        self.pipelines_dir = str(tmp_path / "pipelines")
-        self.name = name
-        self.dataset = f"klaviyo_{name}"
-
-    def pipeline(self) -> dlt.Pipeline:
-        return dlt.pipeline(
-            pipeline_name=f"kt_{self.name}",
-            destination=self.destination,
-            dataset_name=self.dataset,
-            pipelines_dir=self.pipelines_dir,
-        )
-
-    def source(self, **kwargs: Any):
-        kwargs.setdefault("api_key", self.sb.api_key)
-        kwargs.setdefault("base_url", self.sb.base_url)
-        return klaviyo_source(**kwargs)
-
-    def run(self, resources: list[str] | None = None, **kwargs: Any):
-        pipeline = self.pipeline()
-        source = self.source(resources=resources, **kwargs)
-        file_format = "parquet" if self.destination.destination_name == "duckdb" else None
-        info = pipeline.run(source, loader_file_format=file_format)
-        return pipeline, info
-
-    def rows(self, sql: str) -> list[tuple]:
-        with self.pipeline().sql_client() as client:
-            return [tuple(r) for r in client.execute_sql(sql)]
-
-    def ids(self, table: str) -> list[str]:
-        return [r[0] for r in self.rows(f"SELECT id FROM {table}")]
+class Runner(SourceRunner):
+    """Source runs into pipelines ``kt_<name>`` / datasets ``klaviyo_<name>``."""
 
 
 @pytest.fixture

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import dlt
 import pytest
 
-from klaviyo_source import klaviyo_source
-from klaviyo_source.pacing import PACERS
+from tests.conftest import SourceRunner
 
 SMALL = dict(seed=11, accounts=1, profiles=150, events=1500)
 
@@ -26,41 +24,12 @@ def sandbox():
         yield sb
 
 
-@pytest.fixture(autouse=True)
-def _fresh_pacers():
-    PACERS.clear()
-    yield
-    PACERS.clear()
+class Runner(SourceRunner):
+    """Source runs into pipelines ``km_<name>`` / datasets ``klaviyo_more_<name>``, paced with the sandbox's limits off."""
 
-
-class Runner:
-    """Runs the source against the sandbox into one destination and reads the tables back."""
-
-    def __init__(self, sb: Any, destination: Any, tmp_path: Any, name: str):
-        self.sb = sb
-        self.destination = destination
-        self.pipelines_dir = str(tmp_path / "pipelines")
-        self.name = name
-
-    def pipeline(self) -> dlt.Pipeline:
-        return dlt.pipeline(pipeline_name=f"km_{self.name}", destination=self.destination,
-                            dataset_name=f"klaviyo_more_{self.name}", pipelines_dir=self.pipelines_dir)
-
-    def run(self, resources: list[str] | None = None, **kwargs: Any):
-        kwargs.setdefault("api_key", self.sb.api_key)
-        kwargs.setdefault("base_url", self.sb.base_url)
-        kwargs.setdefault("rate_limit_scale", 0.001)  # paced, with the sandbox's limits off
-        pipeline = self.pipeline()
-        file_format = "parquet" if self.destination.destination_name == "duckdb" else None
-        info = pipeline.run(klaviyo_source(resources=resources, **kwargs), loader_file_format=file_format)
-        return pipeline, info
-
-    def rows(self, sql: str) -> list[tuple]:
-        with self.pipeline().sql_client() as client:
-            return [tuple(r) for r in client.execute_sql(sql)]
-
-    def count(self, table: str, where: str = "") -> int:
-        return self.rows(f"SELECT count(*) FROM {table}{' WHERE ' + where if where else ''}")[0][0]
+    pipeline_prefix = "km"
+    dataset_prefix = "klaviyo_more"
+    source_defaults = {"rate_limit_scale": 0.001}
 
 
 @pytest.fixture
