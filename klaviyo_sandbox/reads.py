@@ -418,15 +418,18 @@ def page_query(ctx: RequestContext, source: Source, options: ReadOptions, condit
             where.append(f"{sort_expr} {cmp}= ? AND ({sort_expr} {cmp} ? OR {source.seq_expr} {cmp} ?)")
             params.extend([last, last, last_seq])
     direction = "DESC" if descending != backwards else "ASC"
-    # inner query: keyset + top-N over narrow columns; outer query: build the (wide) output
-    # for the page only -- DuckDB would otherwise compute projections for every filtered row.
-    inner = [f"{source.seq_expr} AS _seq", "t.id AS id", "t.attrs AS attrs"]
+    # 1. keyset + top-N over narrow columns (row ids only); 2. fetch the wide columns of the
+    # page's rows by rowid; 3. outer query: build the output. A top-N carrying the wide text
+    # columns reads and decompresses them for every filtered row (6x slower on a 400k-profile store).
+    narrow = ["t.rowid AS _rid", f"{source.seq_expr} AS _seq", f"{sort_expr} AS _sort"]
+    inner = ["n._seq AS _seq", "t.id AS id", "t.attrs AS attrs"]
     inner += [f"t.{rel_column(r)} AS {rel_column(r)}" for r in kind.to_one]
     inner += [f"{extra_sql(kind, x)} AS {extra_column(x)}" for x in options.additional]
-    inner.append(f"{sort_expr} AS _sort")
+    inner.append("n._sort AS _sort")
     attrs = "p.attrs"
     if source.joined and kind.type == "profile":  # list/segment members carry joined_group_at (H6)
-        inner.append("l.joined_at AS _joined_at")
+        narrow.append("l.joined_at AS _joined_at")
+        inner.append("n._joined_at AS _joined_at")
         attrs = ("json_merge_patch(p.attrs, json_object('joined_group_at', "
                  "strftime(p._joined_at, '%Y-%m-%dT%H:%M:%S+00:00')))::VARCHAR")
     outer = ["p._seq", "p.id", f"{attrs} AS attrs"]
@@ -435,10 +438,10 @@ def page_query(ctx: RequestContext, source: Source, options: ReadOptions, condit
     outer.append("p._sort")
     order = f"{sort_expr} {direction}, {source.seq_expr} {direction}" if sort_field else f"{source.seq_expr} {direction}"
     outer_order = f"p._sort {direction}, p._seq {direction}" if sort_field else f"p._seq {direction}"
-    sql = f"SELECT {', '.join(inner)} FROM {source.from_sql} WHERE {' AND '.join(where)} ORDER BY {order}"
+    sql = f"SELECT {', '.join(narrow)} FROM {source.from_sql} WHERE {' AND '.join(where)} ORDER BY {order}"
     if limit is not None:
         sql += f" LIMIT {limit + 1}"
-    inner_sql = sql
+    inner_sql = sql = f"SELECT {', '.join(inner)} FROM ({sql}) n JOIN {kind.table} t ON t.rowid = n._rid"
     sql = f"SELECT {', '.join(outer)} FROM ({sql}) p ORDER BY {outer_order}"
     return PageQuery(sql, params, sort_type, 3 + len(kind.to_one) + len(options.additional), direction, backwards,
                      cursor_raw, inner_sql, ("_sort", "_seq") if sort_field else ("_seq",))
