@@ -33,6 +33,7 @@ from werkzeug.wrappers import Request, Response
 from .auth import Credentials
 from .errors import ApiError, invalid, not_found, server_error, throttled
 from .faults import Faults
+from .httpserver import CLOSE_AFTER_RESPONSE, SOCKET
 from .ratelimit import RateLimiter
 from .spec import Operation, Spec, load_spec
 from .store import Store
@@ -200,9 +201,9 @@ class SandboxApp:
         """Send the headers (full Content-Length) and half the body, then close the socket."""
         body = response.get_data()
         response.headers["Content-Length"] = str(len(body))
-        response.headers["Connection"] = "close"
+        environ[CLOSE_AFTER_RESPONSE] = True
         start_response(response.status, list(response.headers.items()))
-        sock = environ.get("werkzeug.socket")
+        sock = environ.get(SOCKET)
 
         def chunks() -> Iterable[bytes]:
             yield body[: max(1, len(body) // 2)]

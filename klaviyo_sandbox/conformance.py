@@ -31,6 +31,7 @@ import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import best_match
 
+from klaviyo_sandbox.httpserver import CLOSE_AFTER_RESPONSE
 from klaviyo_sandbox.spec import Operation, Spec, load_spec
 
 GATEWAY_PREFIX = "/klaviyo"
@@ -612,7 +613,7 @@ class ConformanceMiddleware:
     response any drift is already recorded.  Drift never changes the body: it is logged, added to
     ``collector`` (default: the process-wide :data:`DRIFT` that the pytest plugin checks) and
     flagged with an ``X-Sandbox-Conformance: drift`` header.  Responses the fault injector drops
-    on purpose (``Connection: close``) stream through unjudged.
+    on purpose (``CLOSE_AFTER_RESPONSE`` set in the environ) stream through unjudged.
     """
 
     def __init__(self, app: Any, validator: ResponseValidator | None = None, collector: DriftCollector | None = None):
@@ -632,7 +633,7 @@ class ConformanceMiddleware:
             return seen["written"].append
 
         result = self.app(environ, capture)
-        if any(k.lower() == "connection" and v.lower() == "close" for k, v in seen["headers"]):
+        if environ.get(CLOSE_AFTER_RESPONSE):
             start_response(seen["status"], seen["headers"])  # a deliberately dropped response
             return result
         try:

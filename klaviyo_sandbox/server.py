@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from werkzeug.serving import make_server
-
 from .app import SandboxApp
 from .auth import Credentials
 from .faults import Faults
+from .httpserver import make_server
 from .generator import DEFAULT_API_KEY, Account, account_credentials, generate
 from .ratelimit import RateLimiter
 from .reads import register_reads
@@ -127,12 +126,16 @@ class Sandbox:
         self.rate_limiter.configure(enabled, scale)
 
     # -- lifecycle ----------------------------------------------------------------------
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections the server has accepted (kept-alive connections count once)."""
+        return self._server.connections_opened if self._server is not None else 0
+
     def start(self) -> "Sandbox":
         if self._server is not None:
             return self
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = make_server(self.host, self.port, self.app, threaded=True)
-        self._server.daemon_threads = True
+        self._server = make_server(self.host, self.port, self.app)
         self._thread = threading.Thread(target=self._server.serve_forever, name="klaviyo-sandbox", daemon=True)
         self._thread.start()
         return self
