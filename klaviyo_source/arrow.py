@@ -14,6 +14,8 @@ already hold orjson-parsed records.
 
 from __future__ import annotations
 
+import array
+import itertools
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -126,17 +128,34 @@ def _flatten_bag(name: str, bags: list[Any]) -> dict[str, list[Any]]:
 
 
 _NULL = b"null"
+_NULL_RAW = msgspec.Raw(_NULL)
 
 
-def _raw_bytes(values: list[Any]) -> list[bytes]:
-    """Raw JSON of each value (msgspec.Raw; None -> ``null``)."""
-    return [_NULL if raw is None else bytes(raw) or _NULL for raw in values]
+def _raw_bytes(values: list[Any]) -> list[Any]:
+    """Raw JSON of each value: the ``msgspec.Raw`` spans as decoded (None, under an absent parent -> ``null``)."""
+    try:
+        values.index(None)
+    except ValueError:
+        return values
+    return [_NULL_RAW if raw is None else raw for raw in values]
 
 
-def _raw_text(raws: list[bytes]) -> pa.Array:
-    """Raw JSON bytes (see ``_raw_bytes``) -> JSON text column; JSON null / absent -> NULL."""
-    text = pa.array(raws, type=pa.binary()).cast(pa.string())
-    return pc.if_else(pc.equal(text, "null"), pa.scalar(None, pa.string()), text)
+def _raw_text(raws: list[Any]) -> pa.Array:
+    """Raw JSON spans (see ``_raw_bytes``) -> JSON text column; JSON null / absent -> NULL.
+
+    The spans are joined into one buffer and framed by their lengths (no per-value
+    ``bytes`` objects); Arrow's cast to string checks the UTF-8.
+    """
+    data = b"".join(raws)
+    large = len(data) >= 2**31 - 1
+    offsets = array.array("q" if large else "i", [0])
+    offsets.extend(itertools.accumulate(map(len, raws)))
+    binary = pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), len(raws),
+                                   [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    text = binary.cast(pa.large_string() if large else pa.string())
+    null = pc.or_(pc.equal(text, "null"), pc.equal(pc.binary_length(binary), 0))
+    text = pc.if_else(null, pa.scalar(None, text.type), text)
+    return text.cast(pa.string()) if large else text
 
 
 def _attr(key: str, index: int) -> str:
@@ -228,10 +247,10 @@ class PageConverter:
             if found is None:
                 parent = at(path[:-1])
                 get = attrgetter(plan.attrs[path])
-                if None in parent:
-                    found = [None if p is None else get(p) for p in parent]
-                else:
+                try:
                     found = list(map(get, parent))
+                except AttributeError:  # some parent objects are absent (None)
+                    found = [None if p is None else get(p) for p in parent]
                 cache[path] = found
             return found
 
