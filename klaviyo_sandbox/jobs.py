@@ -2,7 +2,8 @@
 
 A job is accepted with status ``queued``; it moves on as the client polls it (the first poll
 shows ``processing``, the ``complete_after_polls``-th poll completes it) or as sandbox time passes
-(``complete_after_seconds`` after creation, checked whenever jobs are read).  The profiles are
+(``complete_after_seconds`` after creation, checked whenever jobs are read); when a job completes,
+the account's oldest queued job starts processing.  The profiles are
 written while the job is processing, by a worker thread the first poll starts (the completing
 poll waits for it; a job completed straight from ``queued`` is written by that request) — so, as
 on Klaviyo, they are not readable right after the 202.  The whole job is one batch upsert
@@ -128,12 +129,18 @@ class ImportJobs:
         if job.polls >= self.complete_after_polls or elapsed >= self.complete_after_seconds:
             self._complete(job)
         elif job.polls >= 1 and job.status == "queued":
-            job.status, job.started_at = "processing", self.store.now()
-            job.worker = threading.Thread(target=self._process, args=(job,), name=f"import-job-{job.id}", daemon=True)
-            job.worker.start()
+            self._start(job)
+
+    def _start(self, job: ImportJob) -> None:
+        job.status, job.started_at = "processing", self.store.now()
+        job.worker = threading.Thread(target=self._process, args=(job,), name=f"import-job-{job.id}", daemon=True)
+        job.worker.start()
 
     def _complete(self, job: ImportJob) -> None:
-        """Finish the job: wait for its worker (started when it began processing), or do the work now."""
+        """Finish the job: wait for its worker (started when it began processing), or do the work now.
+
+        Then the account's oldest queued job starts processing, as a job queue works through a
+        backlog: a client that submitted several jobs finds the next one under way."""
         if job.worker is None:
             self._process(job)
         else:
@@ -141,6 +148,9 @@ class ImportJobs:
         if job.failure is not None:
             raise job.failure
         job.status, job.completed_at = "complete", self.store.now()
+        waiting = [j for j in self._jobs.values() if j.account == job.account and j.status == "queued"]
+        if waiting:
+            self._start(min(waiting, key=lambda j: (j.created_at, j.id)))
 
     def _process(self, job: ImportJob) -> None:
         """Write the job's profiles (one batch upsert) and list memberships; records a failure on the job."""

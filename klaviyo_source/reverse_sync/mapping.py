@@ -78,6 +78,7 @@ class ReverseSyncConfig:
     max_rejected_fraction: float | None = None
     batch_size: int = 10_000  # profiles per bulk-import job (spec: up to 10,000)
     max_batch_bytes: int = 5_000_000  # payload per bulk-import job (spec: 5MB)
+    jobs_in_flight: int = 10  # bulk-import jobs submitted ahead of the one being awaited
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and self.name.replace("_", "").replace("-", "").isalnum(),
@@ -101,6 +102,7 @@ class ReverseSyncConfig:
             needed = "email" if consent.channel == "email" else "phone_number"
             _check(needed in self.identifiers, f"consent on {consent.channel} needs the `{needed}` identifier mapped")
         _check(1 <= self.batch_size <= 10_000, "batch_size must be between 1 and 10000 (the bulk-import job limit)")
+        _check(1 <= self.jobs_in_flight <= 100, "jobs_in_flight must be between 1 and 100")
         _check(self.max_rejected_fraction is None or 0 <= self.max_rejected_fraction <= 1,
                "max_rejected_fraction must be between 0 and 1")
 
@@ -129,7 +131,7 @@ class ReverseSyncConfig:
         """Build a config from a dict (the parsed TOML/YAML file or the Python API)."""
         raw = dict(raw)
         known = {"name", "table", "query", "identifiers", "attributes", "properties", "properties_json",
-                 "list", "consent", "max_rejected_fraction", "batch_size", "max_batch_bytes"}
+                 "list", "consent", "max_rejected_fraction", "batch_size", "max_batch_bytes", "jobs_in_flight"}
         unknown = sorted(set(raw) - known)
         _check(not unknown, f"unknown config key(s): {', '.join(unknown)}")
         list_raw = raw.pop("list", None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -248,8 +249,20 @@ class _Pusher:
         list_target = self.config.list
         # identities new to this sync but already extracted from Klaviyo are updates, and their ids are known
         known = self._ids_from_warehouse([r["__identity"] for r in rows if r["__is_new"]])
-        for number, (start, end) in enumerate(batches(encoded, self.config.batch_size, self.config.max_batch_bytes)):
-            job_id, failures = self.writer.bulk_import(profiles[start:end], self.list_id if list_target else None)
+        ranges = list(batches(encoded, self.config.batch_size, self.config.max_batch_bytes))
+        # up to `jobs_in_flight` jobs are submitted ahead, so Klaviyo works on the next ones while
+        # this run awaits the oldest and records it; state still advances job by job, in order (a
+        # run killed with jobs in flight resends their rows next time: imports are idempotent)
+        in_flight: deque[tuple[int, int, int, str]] = deque()
+        submitted = 0
+        while submitted < len(ranges) or in_flight:
+            while submitted < len(ranges) and len(in_flight) < self.config.jobs_in_flight:
+                start, end = ranges[submitted]
+                job_id = self.writer.submit_import(profiles[start:end], self.list_id if list_target else None)
+                in_flight.append((submitted, start, end, job_id))
+                submitted += 1
+            number, start, end, job_id = in_flight.popleft()
+            failures = self.writer.wait_import(job_id, profiles[start:end])
             self.report.jobs += 1
             saved, rejects, conflicts, unclear = [], [], [], []
             for offset, row in enumerate(rows[start:end]):

@@ -198,13 +198,20 @@ class KlaviyoWriter:
     # -- profiles -------------------------------------------------------------------------
     def bulk_import(self, profiles: list[dict[str, Any]], list_id: str | None) -> tuple[str, dict[int, Failure]]:
         """Run one bulk-import job to completion; returns (job id, failures by index in ``profiles``)."""
+        job_id = self.submit_import(profiles, list_id)
+        return job_id, self.wait_import(job_id, profiles)
+
+    def submit_import(self, profiles: list[dict[str, Any]], list_id: str | None) -> str:
+        """Create a bulk-import job (spec bulk_import_profiles) without waiting for it; returns its id."""
         data: dict[str, Any] = {"type": "profile-bulk-import-job",
                                 "attributes": {"profiles": {"data": profiles}}}
         if list_id:
             data["relationships"] = {"lists": {"data": [{"type": "list", "id": list_id}]}}
-        job = self._document("POST", "/api/profile-bulk-import-jobs", json={"data": data})["data"]
-        job_id = job["id"]
-        attributes = job.get("attributes") or {}
+        return self._document("POST", "/api/profile-bulk-import-jobs", json={"data": data})["data"]["id"]
+
+    def wait_import(self, job_id: str, profiles: list[dict[str, Any]]) -> dict[int, Failure]:
+        """Poll a bulk-import job to completion; returns its failures by index in ``profiles``."""
+        attributes: dict[str, Any] = {}
         waited, interval = 0.0, self.poll_interval
         while attributes.get("status") not in ("complete", "cancelled"):
             if waited > self.job_timeout:
@@ -213,13 +220,12 @@ class KlaviyoWriter:
             waited += interval
             interval = min(interval * 1.5, self.max_poll_interval)
             attributes = self._get(f"/api/profile-bulk-import-jobs/{job_id}")["data"]["attributes"]
-        failures: dict[int, Failure] = {}
         if attributes.get("status") == "cancelled":
             failure = Failure(0, "cancelled", f"bulk import job {job_id} was cancelled")
-            return job_id, {i: failure for i in range(len(profiles))}
+            return {i: failure for i in range(len(profiles))}
         if attributes.get("failed_count"):
-            failures = self._import_errors(job_id, profiles)
-        return job_id, failures
+            return self._import_errors(job_id, profiles)
+        return {}
 
     def _import_errors(self, job_id: str, profiles: list[dict[str, Any]]) -> dict[int, Failure]:
         by_identity = {}

@@ -21,6 +21,7 @@ class RequestCounter:
     def __init__(self, app: Any):
         self.app = app
         self.seen: Counter[tuple[str, str]] = Counter()
+        self.order: list[tuple[str, str]] = []  # every request, in arrival order
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Any):
@@ -28,6 +29,7 @@ class RequestCounter:
         if path.startswith("/api/"):
             with self._lock:
                 self.seen[(environ["REQUEST_METHOD"], path)] += 1
+                self.order.append((environ["REQUEST_METHOD"], path))
         return self.app(environ, start_response)
 
     def __getattr__(self, name: str) -> Any:  # route(), mount() ... reach the real app
@@ -36,6 +38,7 @@ class RequestCounter:
     def reset(self) -> None:
         with self._lock:
             self.seen.clear()
+            self.order.clear()
 
     def total(self, method: str | None = None, prefix: str = "") -> int:
         return sum(n for (m, p), n in self.seen.items() if (method is None or m == method) and p.startswith(prefix))

@@ -216,6 +216,20 @@ def test_crash_between_batches_then_rerun(warehouse, load, sandbox, client):
     assert run(warehouse, client, cfg).sent == 0
 
 
+@pytest.mark.parametrize("in_flight, posts_before_first_poll", [(3, 3), (1, 1)])
+def test_jobs_are_submitted_ahead_of_the_one_awaited(warehouse, load, sandbox, client, in_flight,
+                                                     posts_before_first_poll):
+    sb, counter = sandbox
+    load("audience", people(25))
+    counter.reset()
+    report = run(warehouse, client, config(batch_size=10, jobs_in_flight=in_flight))
+    jobs = [method for method, path in counter.order if path.startswith("/api/profile-bulk-import-jobs")]
+    assert jobs.count("POST") == 3 and jobs.index("GET") == posts_before_first_poll
+    assert (report.sent, report.jobs) == (25, 3)
+    assert len(state_rows(warehouse)) == 25
+    assert member_emails(client, report.list_id) == sorted(p["email"] for p in people(25))
+
+
 def test_failure_after_a_job_was_submitted_then_rerun(warehouse, load, sandbox, client):
     """The job is accepted by Klaviyo but the run dies before it learns the outcome: the rerun sends
     the batch again (an idempotent upsert) and everything ends up there exactly once."""

@@ -74,6 +74,19 @@ def test_bulk_import_job_moves_queued_processing_complete_and_ignores_nulls(worl
     assert error["original_payload"]["attributes"]["email"] == "not-an-email"
 
 
+def test_a_completed_bulk_job_starts_the_next_queued_one(world):
+    store, account = world
+    jobs = ImportJobs(store, complete_after_polls=2, complete_after_seconds=3600)
+    first = jobs.submit(account, [{"type": "profile", "attributes": {"email": "queue.one@example.com"}}], [])
+    second = jobs.submit(account, [{"type": "profile", "attributes": {"email": "queue.two@example.com"}}], [])
+    assert second.attributes()["status"] == "queued"
+    jobs.get(account, first.id, poll=True)
+    assert jobs.get(account, first.id, poll=True).attributes()["status"] == "complete"
+    assert second.status == "processing" and second.polls == 0  # under way without being polled
+    second.worker.join(timeout=10)
+    assert store.find_profile(account, email="queue.two@example.com") is not None
+
+
 def test_events_create_profiles_and_metrics_and_dedupe_on_unique_id(world):
     store, account = world
     before = store.count(account, "event")
