@@ -265,7 +265,11 @@ def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -
         name=stream.name,
         table_name=stream.name,
         primary_key=stream.primary_key,
-        write_disposition=stream.write_disposition,
+        write_disposition=(
+            {"disposition": "merge", "strategy": stream.merge_strategy}
+            if stream.write_disposition == "merge" and stream.merge_strategy != "delete-insert"
+            else stream.write_disposition
+        ),
         columns=hints,
         # H6: the deletion sweep reads the destination through dlt's sql_client, whose config
         # injection is not safe from dlt's extraction worker threads

@@ -14,6 +14,7 @@ from klaviyo_source.pacing import RateTier
 
 WriteDisposition = Literal["merge", "replace", "append"]
 Lookback = Literal["none", "event_lookback"]
+MergeStrategy = Literal["delete-insert", "insert-only"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Stream:
     rate_tier: RateTier  # spec: "Burst: `N/s` Steady: `M/m`"
     primary_key: str = "id"
     write_disposition: WriteDisposition = "merge"
+    # dlt merge strategy: "delete-insert" replaces re-read records; "insert-only" keeps the stored
+    # copy and adds only new primary keys (for records the API can never change)
+    merge_strategy: MergeStrategy = "delete-insert"
     cursor_field: str | None = None  # attribute used for incremental loading
     cursor_operators: tuple[str, ...] = ()  # the spec's allowed operators on cursor_field
     lookback: Lookback = "none"  # "event_lookback": re-read that much history every run
@@ -106,6 +110,9 @@ STREAMS: tuple[Stream, ...] = (
         cursor_field="datetime",
         cursor_operators=("greater-or-equal", "greater-than", "less-or-equal", "less-than"),
         lookback="event_lookback",
+        # the spec has no operation that updates or deletes an event (only create_event): a
+        # re-read event is the stored one, so the lookback re-read only adds new ids
+        merge_strategy="insert-only",
         page_size=1000,
         sort="datetime",
         resource_type="event",
@@ -116,7 +123,7 @@ STREAMS: tuple[Stream, ...] = (
             Promoted("message_id", ("attributes", "event_properties", "$message"), "string"),
         ),
         windowed=True,
-        description="One row per event; merged on id, incremental on `datetime` re-reading `event_lookback`.",
+        description="One row per event; deduplicated on id (insert-only merge), incremental on `datetime` re-reading `event_lookback`.",
     ),
     Stream(
         name="metrics",

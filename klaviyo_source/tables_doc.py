@@ -1,6 +1,6 @@
 """Renders ``docs/tables.md``: every table and column of the source, from the stream table + spec.
 
-``python -m klaviyo_source.tables_doc > docs/tables.md`` regenerates the reference part; the
+``python -m klaviyo_source.tables_doc`` rewrites the reference part of docs/tables.md in place; the
 example queries below it are kept verbatim (a test runs them on DuckDB and PostgreSQL).
 """
 
@@ -40,6 +40,8 @@ def render_reference() -> str:
         columns = resource.compute_table_schema()["columns"]
         base = set(plain.resources[name].compute_table_schema()["columns"])
         load = str(stream.write_disposition)
+        if stream.write_disposition == "merge" and stream.merge_strategy != "delete-insert":
+            load += f" ({stream.merge_strategy})"
         if stream.incremental:
             load += f", incremental on `{stream.cursor_field}`"
             if stream.lookback == "event_lookback":
@@ -75,4 +77,7 @@ def rendered_document(current: str | None = None) -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(rendered_document())
+    # written here, not through a shell redirect: `> docs/tables.md` would empty the file
+    # before its hand-written part is read
+    DOC_PATH.write_text(rendered_document())
+    sys.stdout.write(f"wrote {DOC_PATH}\n")

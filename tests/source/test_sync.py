@@ -105,6 +105,22 @@ def test_late_events_inside_the_lookback_are_captured(runner):
     assert len(runner.ids("events")) == len(set(runner.ids("events")))
 
 
+def test_events_re_read_by_the_lookback_are_kept_not_rewritten(runner):
+    runner.run(["events"])
+    total = runner.count("events")
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    re_read = [e["id"] for e in runner.sb.control.records("event") if _utc(e["attributes"]["datetime"]) >= since]
+    assert re_read, "the sandbox should hold events inside the default 3-day lookback"
+    with runner.pipeline().sql_client() as client:  # mark the stored copy of one re-read event
+        client.execute_sql(f"UPDATE {client.make_qualified_table_name('events')} SET uuid = 'stored-copy' "
+                           f"WHERE id = '{re_read[0]}'")
+    pipeline, _ = runner.run(["events"])
+    assert _loaded_rows(pipeline, "events") >= len(re_read)  # the lookback really re-read them
+    # insert-only merge: the stored row is kept (delete-insert would have rewritten it), no duplicates
+    assert runner.rows(f"SELECT uuid FROM events WHERE id = '{re_read[0]}'") == [("stored-copy",)]
+    assert runner.count("events") == total == len(set(runner.ids("events")))
+
+
 def test_watermark_never_passes_now_even_with_future_records(runner):
     sb = runner.sb
     profile_id = sb.control.records("profile")[0]["id"]
