@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -36,33 +35,21 @@ import dlt  # noqa: E402
 from klaviyo_source import klaviyo_source  # noqa: E402
 from klaviyo_source.pacing import PACERS  # noqa: E402
 
+from sandbox_process import start_sandbox, stop_sandbox  # noqa: E402  (bench/ is on sys.path)
+
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-def start_sandbox(args: argparse.Namespace, rate_limits: bool) -> tuple[subprocess.Popen, str, str]:
-    """Run ``klaviyo_sandbox.server`` in its own process; returns (process, base_url, api_key)."""
+def sandbox_for(args: argparse.Namespace, rate_limits: bool) -> tuple[subprocess.Popen, str, str]:
+    """The sandbox server in its own process, its store cached in ``$TMPDIR/klaviyo-dlt-bench``."""
     cache = Path(os.environ.get("KLAVIYO_BENCH_CACHE", Path(tempfile.gettempdir()) / "klaviyo-dlt-bench"))
     cache.mkdir(parents=True, exist_ok=True)
     store = cache / f"sandbox-s{args.seed}-p{args.profiles}-e{args.events}.duckdb"
-    command = [sys.executable, "-m", "klaviyo_sandbox.server", "--port", "0", "--seed", str(args.seed),
-               "--profiles", str(args.profiles), "--events", str(args.events), "--store-path", str(store)]
-    command += ["--rate-limit-scale", str(args.rate_limit_scale)] if rate_limits else ["--no-rate-limits"]
-    env = dict(os.environ, KLAVIYO_SANDBOX_VALIDATE="0")
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    base_url = api_key = None
-    deadline = time.time() + 3600
-    while time.time() < deadline and (base_url is None or api_key is None):
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"sandbox exited early (code {proc.poll()})")
-        if found := re.search(r"ready in .* at (http://\S+)", line):
-            base_url = found.group(1)
-        if found := re.search(r"private key (\S+)", line):
-            api_key = found.group(1)
-    return proc, base_url, api_key
+    return start_sandbox(seed=args.seed, profiles=args.profiles, events=args.events, rate_limits=rate_limits,
+                         scale=args.rate_limit_scale, store_path=store)
 
 
 def run(base_url: str, api_key: str, resources: list[str], workdir: Path, scale: float, pacing: bool) -> dict:
@@ -108,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resources", default="profiles,events", help="cpu mode: resources to time, in order")
     args = parser.parse_args(argv)
 
-    proc, base_url, api_key = start_sandbox(args, rate_limits=args.mode == "limits")
+    proc, base_url, api_key = sandbox_for(args, rate_limits=args.mode == "limits")
     workdir = Path(tempfile.mkdtemp(prefix="klaviyo-bench-"))
     results = []
     try:
@@ -118,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for group in groups:
             results.append(run(base_url, api_key, group, workdir / "_".join(group), scale, args.mode == "limits"))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_sandbox(proc)
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"mode={args.mode} profiles={args.profiles} events={args.events} cpus={os.cpu_count()}")
     print(table(results))

@@ -5,6 +5,7 @@ limits, and time the diff of M source rows.
     .venv/bin/python bench/reverse_sync_bench.py --push 20000 --diff 200000
 
 Prints the measured figures next to the least time the rate limits allow for the requests made.
+The sandbox runs in its own process (as Klaviyo is a remote server).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("PROVIDERS__ENABLE_AIRFLOW_SECRETS", "false")  # no Airflow Variable lookups
 
@@ -24,11 +24,11 @@ import pyarrow as pa  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from klaviyo_sandbox import Sandbox  # noqa: E402
-from klaviyo_sandbox.spec import load_spec  # noqa: E402
-from klaviyo_source.pacing import RateTier  # noqa: E402
+from klaviyo_sandbox.control_client import ControlClient  # noqa: E402
 from klaviyo_source.reverse_sync import ReverseSyncConfig, make_client, reverse_sync  # noqa: E402
 from klaviyo_source.reverse_sync.diff import STATE_COLUMNS, plan  # noqa: E402
+
+from sandbox_process import start_sandbox, stop_sandbox  # noqa: E402  (bench/ is on sys.path)
 
 
 def audience(n: int, offset: int = 0) -> pa.Table:
@@ -52,69 +52,37 @@ CONFIG = {
 }
 
 
-def by_operation(requests: dict[tuple[str, str], int]) -> dict[str, tuple[Any, int]]:
-    """Request counts per spec operation (job polls of different jobs share one operation)."""
-    spec = load_spec()
-    grouped: dict[str, tuple[Any, int]] = {}
-    for (method, path), count in requests.items():
-        match = spec.match(method, path)
-        if match:
-            op = match[0]
-            grouped[op.operation_id] = (op, grouped.get(op.operation_id, (op, 0))[1] + count)
-    return grouped
-
-
-def least_seconds(requests: dict[tuple[str, str], int], scale: float) -> float:
-    """The rate limits' floor: per operation, the least time its requests need; a reverse sync
-    alternates between them, so the floors add up."""
-    total = 0.0
-    for op, count in by_operation(requests).values():
-        if op.rate_limit:
-            tier = RateTier(op.rate_limit.burst_per_second, op.rate_limit.steady_per_minute)
-            total += tier.min_seconds(count, scale)
-    return total
-
-
-class Counting:
-    def __init__(self, app):
-        self.app, self.seen = app, {}
-
-    def __call__(self, environ, start_response):
-        key = (environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
-        if key[1].startswith("/api/"):
-            self.seen[key] = self.seen.get(key, 0) + 1
-        return self.app(environ, start_response)
-
-    def __getattr__(self, name):
-        return getattr(self.app, name)
-
-
 def bench_push(n: int, workdir: Path, scale: float, batch_size: int) -> None:
     destination = dlt.destinations.duckdb(str(workdir / "bench.duckdb"))
     loader = dlt.pipeline("bench_loader", destination=destination, dataset_name="bench_data",
                           pipelines_dir=str(workdir / "loader"))
     loader.run(audience(n), table_name="audience", loader_file_format="parquet").raise_on_failed_jobs()
-    sandbox = Sandbox(seed=3, profiles=10, events=0, rate_limits=True, rate_limit_scale=scale)
-    counter = Counting(sandbox.app)
-    sandbox.app = counter
-    with sandbox:
-        client = make_client(sandbox.api_key, sandbox.base_url, rate_limit_scale=scale)
+    # the sandbox runs in its own process, as Klaviyo is a remote server
+    proc, base_url, api_key = start_sandbox(seed=3, profiles=10, events=0, rate_limits=True, scale=scale)
+    try:
+        client = make_client(api_key, base_url, rate_limit_scale=scale)
         started = time.monotonic()
         report = reverse_sync({**CONFIG, "batch_size": batch_size}, destination=destination, dataset_name="bench_data", client=client,
                               pipelines_dir=str(workdir / "rs"), on_batch=_progress(started))
         elapsed = time.monotonic() - started
-        members = len(sandbox.store.members(sandbox.accounts[0].id, "list", report.list_id))
-        floor = least_seconds(counter.seen, scale)
+        members = len(ControlClient(base_url, api_key).members("list", report.list_id))
+        by_bucket = dict(client.stats.by_bucket)
+        tiers = client.tiers()
+        floor = sum(tiers[name].min_seconds(count, scale) for name, count in by_bucket.items())
         print(f"push {n} profiles into a list (rate limits on, scale {scale}): {elapsed:.1f}s "
-              f"({n / elapsed:,.0f} profiles/s); {report.jobs} bulk jobs, {sum(counter.seen.values())} requests; "
+              f"({n / elapsed:,.0f} profiles/s); {report.jobs} bulk jobs, {client.stats.requests} requests; "
               f"rate-limit floor for those requests {floor:.1f}s")
         print(f"  report: sent {report.sent}, added {report.added_to_list}, rejected {report.rejected}; "
-              f"list members in sandbox store: {members}")
-        print("  requests: " + ", ".join(f"{name} x{count}" for name, (_, count) in sorted(by_operation(counter.seen).items())))
+              f"list members in the sandbox: {members}")
+        # pacing buckets are per path (e.g. GET and POST /api/lists share one)
+        paths = sorted((name.split(" ", 1)[1], count) for name, count in by_bucket.items())
+        print("  requests per path: " + ", ".join(f"{path} x{count}" for path, count in paths))
         started = time.monotonic()
         again = reverse_sync({**CONFIG, "batch_size": batch_size}, destination=destination, dataset_name="bench_data", client=client,
                              pipelines_dir=str(workdir / "rs"))
         print(f"  unchanged rerun: {time.monotonic() - started:.1f}s, sent {again.sent}")
+    finally:
+        stop_sandbox(proc)
 
 
 def _progress(started: float):
