@@ -3,7 +3,8 @@
 A job is accepted with status ``queued``; it moves on as the client polls it (the first poll
 shows ``processing``, the ``complete_after_polls``-th poll completes it) or as sandbox time passes
 (``complete_after_seconds`` after creation, checked whenever jobs are read); when a job completes,
-the account's oldest queued job starts processing.  The profiles are
+the account's oldest queued job starts processing, and a job whose processing has finished shows
+``complete`` at the next read.  The profiles are
 written while the job is processing, by a worker thread the first poll starts (the completing
 poll waits for it; a job completed straight from ``queued`` is written by that request) — so, as
 on Klaviyo, they are not readable right after the 202.  The whole job is one batch upsert
@@ -126,7 +127,8 @@ class ImportJobs:
         if job.status == "complete":
             return
         elapsed = (self.store.now() - job.created_at).total_seconds()
-        if job.polls >= self.complete_after_polls or elapsed >= self.complete_after_seconds:
+        finished = job.status == "processing" and job.worker is not None and not job.worker.is_alive()
+        if job.polls >= self.complete_after_polls or elapsed >= self.complete_after_seconds or finished:
             self._complete(job)
         elif job.polls >= 1 and job.status == "queued":
             self._start(job)

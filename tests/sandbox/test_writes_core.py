@@ -85,6 +85,8 @@ def test_a_completed_bulk_job_starts_the_next_queued_one(world):
     assert second.status == "processing" and second.polls == 0  # under way without being polled
     second.worker.join(timeout=10)
     assert store.find_profile(account, email="queue.two@example.com") is not None
+    # its processing is over: the first poll already shows it complete
+    assert jobs.get(account, second.id, poll=True).attributes()["status"] == "complete"
 
 
 def test_events_create_profiles_and_metrics_and_dedupe_on_unique_id(world):
