@@ -36,10 +36,6 @@ class _ResponseWriter(ServerHandler):
         super().close()  # clears status, headers and environ
 
 
-class _ChunkedBodyError(ValueError):
-    pass
-
-
 def _read_chunked(rfile: Any) -> bytes:
     """A ``Transfer-Encoding: chunked`` request body, de-chunked (trailers skipped)."""
     parts = []
@@ -48,7 +44,7 @@ def _read_chunked(rfile: Any) -> bytes:
         try:
             size = int(line.split(b";", 1)[0].strip(), 16)
         except ValueError:
-            raise _ChunkedBodyError("bad chunk size line") from None
+            raise ValueError("bad chunk size line") from None
         if size == 0:
             while rfile.readline(MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
                 pass
@@ -102,7 +98,7 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
             return
         try:
             body = self._read_body()
-        except (_ChunkedBodyError, ValueError):
+        except ValueError:  # bad Content-Length or chunk framing
             self.send_error(400, "Bad request body framing")
             self.close_connection = True
             return

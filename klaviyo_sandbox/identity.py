@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -109,10 +109,16 @@ def resolve_target(store: Store, account: str, attrs: dict[str, Any], profile_id
     Raises 409 ``duplicate_profile`` when identifiers point at a different profile than the target.
     """
     matches = identity_matches(store, account, attrs)
+    return choose_target(matches, profile_id, lambda id_: store.exists(account, "profile", id_))
+
+
+def choose_target(matches: dict[str, str], profile_id: str | None, exists: Callable[[str], bool]) -> str | None:
+    """``profile_id`` (404 unless it ``exists``), else the profile the first matching identifier
+    holds; 409 ``duplicate_profile`` when an identifier belongs to another profile."""
     if profile_id:
-        if not store.exists(account, "profile", profile_id):
+        if not exists(profile_id):
             raise not_found(f"A profile with id {profile_id} does not exist.")
-        target = profile_id
+        target: str | None = profile_id
     else:
         target = next((matches[name] for name in IDENTIFIERS if name in matches), None)
     for name in IDENTIFIERS:
@@ -291,17 +297,7 @@ class _BatchView:
 
     def upsert(self, profile_id: str | None, attrs: dict[str, Any], patch: dict[str, Any] | None, now: str) -> str:
         """``upsert_profile(..., nulls_clear=False)`` of normalised ``attrs`` against the view; returns the profile key."""
-        matches = self.matches(attrs)
-        if profile_id:
-            if profile_id not in self.attrs:
-                raise not_found(f"A profile with id {profile_id} does not exist.")
-            target: str | None = profile_id
-        else:
-            target = next((matches[name] for name in IDENTIFIERS if name in matches), None)
-        for name in IDENTIFIERS:
-            other = matches.get(name)
-            if target and other and other != target:
-                raise duplicate(other, f"A profile already exists with this {name}; it belongs to profile {other}.")
+        target = choose_target(self.matches(attrs), profile_id, self.attrs.__contains__)
         if target is None:
             if not any(attrs.get(name) for name in (*IDENTIFIERS, "anonymous_id", "_kx")):
                 raise invalid("One of email, phone_number or external_id is required to identify a profile.",

@@ -196,11 +196,6 @@ class KlaviyoWriter:
                            json={"data": [{"type": "profile", "id": pid} for pid in chunk]})
 
     # -- profiles -------------------------------------------------------------------------
-    def bulk_import(self, profiles: list[dict[str, Any]], list_id: str | None) -> tuple[str, dict[int, Failure]]:
-        """Run one bulk-import job to completion; returns (job id, failures by index in ``profiles``)."""
-        job_id = self.submit_import(profiles, list_id)
-        return job_id, self.wait_import(job_id, profiles)
-
     def submit_import(self, profiles: list[dict[str, Any]], list_id: str | None) -> str:
         """Create a bulk-import job (spec bulk_import_profiles) without waiting for it; returns its id."""
         data: dict[str, Any] = {"type": "profile-bulk-import-job",
