@@ -183,13 +183,18 @@ def merged_attributes(current: dict[str, Any], incoming: dict[str, Any], *, null
     return result
 
 
-def new_profile_attributes(incoming: dict[str, Any]) -> dict[str, Any]:
-    """A new profile's attributes: every served attribute present (null when not given)."""
+def new_served_attributes(incoming: dict[str, Any]) -> dict[str, Any]:
+    """A new profile's served attributes: every one present (null when not given)."""
     base: dict[str, Any] = {name: None for name in ("email", "phone_number", "external_id", "first_name", "last_name", "organization", "locale", "title", "image")}
     base["location"] = {name: None for name in LOCATION_FIELDS}
     base["properties"] = {}
     base["last_event_date"] = None
-    profile = merged_attributes(base, incoming, nulls_clear=False)
+    return merged_attributes(base, incoming, nulls_clear=False)
+
+
+def new_profile_attributes(incoming: dict[str, Any]) -> dict[str, Any]:
+    """A new profile's attributes, its default consent included."""
+    profile = new_served_attributes(incoming)
     profile["subscriptions"] = default_subscriptions()
     return profile
 
@@ -239,7 +244,8 @@ def upsert_profile(store: Store, account: str, attrs: dict[str, Any], *, profile
 
 
 _NEW_SEQ = 1 << 62  # in-batch order of the profiles a batch creates: after every stored profile
-_SERVED_EXTRAS = ("subscriptions", "predictive_analytics")
+# extras of every profile a batch creates: one shared object, serialised once per batch, never mutated
+_NEW_PROFILE_EXTRAS = {"subscriptions": default_subscriptions()}
 
 
 def _key(value: Any) -> str | None:
@@ -302,12 +308,11 @@ class _BatchView:
             if not any(attrs.get(name) for name in (*IDENTIFIERS, "anonymous_id", "_kx")):
                 raise invalid("One of email, phone_number or external_id is required to identify a profile.",
                               "/data/attributes")
-            full = new_profile_attributes(attrs)
-            served = {k: v for k, v in full.items() if k not in _SERVED_EXTRAS}
+            served = new_served_attributes(attrs)
             for name in ("created", "updated"):  # store.insert's defaults
                 served[name] = served.get(name) or now
             target = self.new_id()
-            self.created[target] = {k: full[k] for k in _SERVED_EXTRAS if k in full}
+            self.created[target] = _NEW_PROFILE_EXTRAS
             self._put(target, _NEW_SEQ + len(self.created), served)
             return target
         served = self.attrs[target]

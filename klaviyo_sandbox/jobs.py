@@ -1,16 +1,19 @@
 """Bulk profile import jobs (``bulk_import_profiles``): queued → processing → complete.
 
-A job is accepted with status ``queued``; it moves on as the client polls it (the first poll
-shows ``processing``, the ``complete_after_polls``-th poll completes it) or as sandbox time passes
-(``complete_after_seconds`` after creation, checked whenever jobs are read); when a job completes,
-the account's oldest queued job starts processing, and a job whose processing has finished shows
-``complete`` at the next read.  The profiles are
-written while the job is processing, by a worker thread the first poll starts (the completing
-poll waits for it; a job completed straight from ``queued`` is written by that request) — so, as
-on Klaviyo, they are not readable right after the 202.  The whole job is one batch upsert
-(``identity.import_profiles``): each profile is upserted by its identifiers with bulk-import
-semantics (``null`` is ignored), exactly as one by one;
-a profile that fails (invalid email/phone, no identifier, conflicting identifiers) becomes an
+A job is accepted with status ``queued`` and processed in the background, as on Klaviyo: each
+account's jobs run one after another in the order they arrived, on a worker thread, whether or
+not anyone polls them; a job shows ``processing`` while its profiles are written and ``complete``
+once they are all written.
+
+``start="on_poll"`` makes progress poll-driven and deterministic, for tests of the states
+themselves: the first poll starts processing, the ``complete_after_polls``-th poll (or any read
+``complete_after_seconds`` after creation) completes the job, waiting for its writes; a
+completed job starts the account's oldest queued one, and a job whose processing has finished
+shows ``complete`` at the next read.  Either way the 202 shows the job ``queued``.
+
+The whole job is one batch upsert (``identity.import_profiles``): each profile is upserted by its
+identifiers with bulk-import semantics (``null`` is ignored), exactly as one by one; a profile
+that fails (invalid email/phone, no identifier, conflicting identifiers) becomes an
 ``import-error`` with a JSON pointer into the original payload, and counts in ``failed_count``.
 Successful profiles are added to the job's lists (``relationships.lists``).
 """
@@ -20,8 +23,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from klaviyo_sandbox.identity import WriteError, check_profile_attributes, import_profiles
 from klaviyo_sandbox.store import MEMBERS, Store, iso
@@ -62,9 +66,7 @@ class ImportJob:
     worker: threading.Thread | None = field(default=None, repr=False)
     failure: BaseException | None = field(default=None, repr=False)
 
-    @property
-    def total_count(self) -> int:
-        return len(self.profiles)
+    total_count: int = 0
 
     def attributes(self) -> dict[str, Any]:
         done = self.status == "complete"
@@ -81,21 +83,58 @@ class ImportJob:
 
 
 class ImportJobs:
-    """The bulk import jobs of one sandbox (all accounts), thread-safe."""
+    """The bulk import jobs of one sandbox (all accounts), thread-safe.
 
-    def __init__(self, store: Store, complete_after_polls: int = 2, complete_after_seconds: float = 2.0):
+    ``start``: ``"on_submit"`` (Klaviyo's way: background processing in arrival order) or
+    ``"on_poll"`` (deterministic progress driven by reads, see the module docstring)."""
+
+    def __init__(self, store: Store, complete_after_polls: int = 2, complete_after_seconds: float = 2.0,
+                 start: Literal["on_submit", "on_poll"] = "on_submit"):
+        if start not in ("on_submit", "on_poll"):
+            raise ValueError(f"start must be 'on_submit' or 'on_poll', not {start!r}")
         self.store = store
+        self.start = start
         self.complete_after_polls = complete_after_polls
         self.complete_after_seconds = complete_after_seconds
         self._jobs: dict[str, ImportJob] = {}
+        self._queues: dict[str, deque[ImportJob]] = {}  # on_submit: per account, jobs not yet started
+        self._workers: dict[str, threading.Thread] = {}  # on_submit: the account's running worker
         self._lock = threading.RLock()
 
     def submit(self, account: str, profiles: list[dict[str, Any]], list_ids: list[str]) -> ImportJob:
+        """Register a ``queued`` job; call ``schedule`` once its 202 is built."""
         job = ImportJob(id=uuid.uuid4().hex[:26].upper(), account=account, created_at=self.store.now(),
-                        profiles=profiles, list_ids=list_ids)
+                        profiles=profiles, list_ids=list_ids, total_count=len(profiles))
         with self._lock:
             self._jobs[job.id] = job
         return job
+
+    def schedule(self, job: ImportJob) -> None:
+        """Queue a submitted job for background processing (``on_submit``; a no-op ``on_poll``)."""
+        if self.start != "on_submit":
+            return
+        with self._lock:
+            self._queues.setdefault(job.account, deque()).append(job)
+            if job.account not in self._workers:
+                worker = threading.Thread(target=self._drain, args=(job.account,), daemon=True,
+                                          name=f"import-jobs-{job.account}")
+                self._workers[job.account] = worker
+                worker.start()
+
+    def _drain(self, account: str) -> None:
+        """Process the account's queued jobs one after another, until none is left."""
+        while True:
+            with self._lock:
+                queue = self._queues.get(account)
+                if not queue:
+                    self._workers.pop(account, None)
+                    return
+                job = queue.popleft()
+                job.status, job.started_at = "processing", self.store.now()
+            self._process(job)
+            with self._lock:
+                if job.failure is None:
+                    job.status, job.completed_at = "complete", self.store.now()
 
     def get(self, account: str, job_id: str, poll: bool = False) -> ImportJob | None:
         """A job of ``account``; ``poll=True`` (a client GET of the job) moves it along."""
@@ -119,12 +158,21 @@ class ImportJobs:
         """Finish every pending job now (control API); returns how many completed."""
         with self._lock:
             pending = [j for j in self._jobs.values() if j.status != "complete"]
-            for job in pending:
-                self._complete(job)
+            if self.start == "on_poll":
+                for job in pending:
+                    self._complete(job)
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.join()
+        for job in pending:
+            if job.failure is not None:
+                raise job.failure
         return len(pending)
 
     def _advance(self, job: ImportJob) -> None:
-        if job.status == "complete":
+        if job.failure is not None:
+            raise job.failure
+        if job.status == "complete" or self.start == "on_submit":
             return
         elapsed = (self.store.now() - job.created_at).total_seconds()
         finished = job.status == "processing" and job.worker is not None and not job.worker.is_alive()
@@ -139,10 +187,9 @@ class ImportJobs:
         job.worker.start()
 
     def _complete(self, job: ImportJob) -> None:
-        """Finish the job: wait for its worker (started when it began processing), or do the work now.
-
-        Then the account's oldest queued job starts processing, as a job queue works through a
-        backlog: a client that submitted several jobs finds the next one under way."""
+        """``on_poll``: finish the job: wait for its worker (started when it began processing), or
+        do the work now.  Then the account's oldest queued job starts processing, as a job queue
+        works through a backlog: a client that submitted several jobs finds the next one under way."""
         if job.worker is None:
             self._process(job)
         else:
@@ -160,6 +207,7 @@ class ImportJobs:
             self._write(job)
         except BaseException as exc:  # noqa: BLE001 - surfaced by _complete in the polling request
             job.failure = exc
+        job.profiles = []  # written: import errors keep their own payloads; free the rest
 
     def _write(self, job: ImportJob) -> None:
         job.started_at = job.started_at or self.store.now()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import logging
 import sys
 import threading
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2
+    # the spec and startup objects live as long as the server: keep them out of every collection
+    gc.freeze()
     sandbox.start()
     print(f"Klaviyo sandbox (revision {REVISION}) ready in {time.time() - started:.1f}s at {sandbox.base_url}")
     print(f"  API:      {sandbox.base_url}/api/...   (header revision: {REVISION})")

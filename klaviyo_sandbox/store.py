@@ -413,18 +413,32 @@ class Store:
         return [r[0] for r in rows.fetchall()]
 
     # -- writes -------------------------------------------------------------------
-    def _row_values(self, kind: Kind, attributes: dict[str, Any], relationships: dict[str, Any]) -> dict[str, Any]:
+    def _row_values(self, kind: Kind, attributes: dict[str, Any], relationships: dict[str, Any],
+                    memo: dict[Any, Any] | None = None) -> dict[str, Any]:
+        """The column values of one record.  ``memo`` (one per batch of rows) parses a repeated
+        timestamp string once and serialises an extras object shared by several rows once."""
+        memo = {} if memo is None else memo
         base = {k: v for k, v in attributes.items() if k not in kind.extras and not k.startswith("_")}
         values: dict[str, Any] = {"attrs": orjson.dumps(base).decode()}
         for column, (sql_type, path) in kind.columns.items():
             value = _dig(attributes, path)
             if sql_type == "TIMESTAMP":
-                value = naive_utc(parse_iso(value))
+                key = ("ts", value)
+                if key not in memo:
+                    memo[key] = naive_utc(parse_iso(value))
+                value = memo[key]
             values[column] = value
         for name in kind.to_one:
             values[rel_column(name)] = relationships.get(name)
         for name in kind.extras:
-            values[extra_column(name)] = orjson.dumps(attributes[name]).decode() if attributes.get(name) is not None else None
+            extra = attributes.get(name)
+            if extra is None:
+                values[extra_column(name)] = None
+                continue
+            key = ("extra", id(extra))  # rows of one batch are alive together: ids are not reused
+            if key not in memo:
+                memo[key] = orjson.dumps(extra).decode()
+            values[extra_column(name)] = memo[key]
         return values
 
     def insert(self, account: str, type_: str, attributes: dict[str, Any], relationships: dict[str, str] | None = None,
@@ -466,8 +480,9 @@ class Store:
         stamp = naive_utc(inserted_at or self.now())
         with self.lock:
             columns: dict[str, list[Any]] = {"account": [], "seq": [], "id": [], "inserted_at": []}
+            memo: dict[Any, Any] = {}
             for row in rows:
-                values = self._row_values(kind, row["attributes"], row.get("relationships") or {})
+                values = self._row_values(kind, row["attributes"], row.get("relationships") or {}, memo)
                 values.update(account=account, seq=self.next_seq(kind.table), id=row["id"],
                               inserted_at=naive_utc(row.get("inserted_at")) or stamp)
                 for key, value in values.items():
@@ -511,8 +526,9 @@ class Store:
         kind = self.kind(type_)
         written = [c for c, (_, path) in kind.columns.items() if not path.startswith("_")]
         columns: dict[str, list[Any]] = {"id": [], "attrs": [], **{c: [] for c in written}}
+        memo: dict[Any, Any] = {}
         for id_, attributes in attributes_by_id.items():
-            values = self._row_values(kind, attributes, {})
+            values = self._row_values(kind, attributes, {}, memo)
             columns["id"].append(id_)
             for name in ("attrs", *written):
                 columns[name].append(values[name])

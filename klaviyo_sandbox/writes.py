@@ -241,8 +241,10 @@ def post_import_job(ctx: RequestContext):
     for list_id in list_ids:
         if not ctx.store.exists(ctx.account, "list", list_id):
             raise not_found(f"A list with id {list_id} does not exist.")
-    job = _jobs(ctx).submit(ctx.account, profiles, list_ids)
+    jobs = _jobs(ctx)
+    job = jobs.submit(ctx.account, profiles, list_ids)
     body = {"data": job_resource(ctx, job), "links": {"self": f"{ctx.link_base}/api/profile-bulk-import-jobs/"}}
+    jobs.schedule(job)
     return ctx.respond(body, 202)
 
 

@@ -53,7 +53,7 @@ def test_bulk_import_job_moves_queued_processing_complete_and_ignores_nulls(worl
     store, account = world
     existing = next(r for r in store.all(account, "profile") if r.attributes["email"] and r.attributes["first_name"])
     list_id = store.ids(account, "list")[0]
-    jobs = ImportJobs(store, complete_after_polls=2, complete_after_seconds=3600)
+    jobs = ImportJobs(store, complete_after_polls=2, complete_after_seconds=3600, start="on_poll")
     job = jobs.submit(account, [
         {"type": "profile", "attributes": {"email": "bulk.one@example.com", "first_name": "Bo"}},
         {"type": "profile", "attributes": {"email": "not-an-email"}},
@@ -76,7 +76,7 @@ def test_bulk_import_job_moves_queued_processing_complete_and_ignores_nulls(worl
 
 def test_a_completed_bulk_job_starts_the_next_queued_one(world):
     store, account = world
-    jobs = ImportJobs(store, complete_after_polls=2, complete_after_seconds=3600)
+    jobs = ImportJobs(store, complete_after_polls=2, complete_after_seconds=3600, start="on_poll")
     first = jobs.submit(account, [{"type": "profile", "attributes": {"email": "queue.one@example.com"}}], [])
     second = jobs.submit(account, [{"type": "profile", "attributes": {"email": "queue.two@example.com"}}], [])
     assert second.attributes()["status"] == "queued"

@@ -119,7 +119,8 @@ def _job_body(profiles, list_id=None):
     return body
 
 
-def test_bulk_import_job_progression_errors_profiles_and_list(sb, api):
+def test_bulk_import_job_progression_errors_profiles_and_list(sb, api, monkeypatch):
+    monkeypatch.setattr(sb.import_jobs, "start", "on_poll")  # deterministic states
     list_id = api.post("/api/lists", json={"data": {"type": "list", "attributes": {"name": "Bulk Imported"}}}).json()["data"]["id"]
     keeper = _existing(sb, api, ("email", "first_name"))[0]
     profiles = [
@@ -158,6 +159,28 @@ def test_bulk_import_job_progression_errors_profiles_and_list(sb, api):
     listed = api.get("/api/profile-bulk-import-jobs", params={"filter": 'equals(status,"complete")'}).json()["data"]
     assert job["id"] in [j["id"] for j in listed]
     _error(api.get("/api/profile-bulk-import-jobs/NOPE"), 404)
+
+
+def test_bulk_import_jobs_run_in_the_background_in_arrival_order(sb, api):
+    """As on Klaviyo, jobs are processed whether or not anyone polls them, one after another."""
+    list_id = api.post("/api/lists", json={"data": {"type": "list", "attributes": {"name": "Background"}}}).json()["data"]["id"]
+    batches = [[{"type": "profile", "attributes": {"email": f"bg{n}.{i}@example.com", "first_name": f"Job{n}"}}
+                for i in range(200)] for n in range(3)]
+    # the same person in the first and last job: the last job's name wins only if they ran in order
+    batches[2][0] = {"type": "profile", "attributes": {"email": "bg0.0@example.com", "first_name": "Last"}}
+    accepted = [api.post("/api/profile-bulk-import-jobs", json=_job_body(b, list_id)).json()["data"] for b in batches]
+    assert [job["attributes"]["status"] for job in accepted] == ["queued"] * 3
+    deadline = dt.datetime.now() + dt.timedelta(seconds=30)
+    while sb.import_jobs.get(sb.accounts[0].id, accepted[-1]["id"]).status != "complete":  # no client poll
+        assert dt.datetime.now() < deadline, "the jobs never ran"
+    jobs = [sb.import_jobs.get(sb.accounts[0].id, job["id"]) for job in accepted]
+    assert [job.polls for job in jobs] == [0, 0, 0] and all(job.status == "complete" for job in jobs)
+    assert jobs[0].completed_at <= jobs[1].started_at and jobs[1].completed_at <= jobs[2].started_at
+    polled = api.get(f"/api/profile-bulk-import-jobs/{accepted[0]['id']}").json()["data"]["attributes"]
+    assert (polled["status"], polled["completed_count"], polled["failed_count"]) == ("complete", 200, 0)
+    first = api.get("/api/profiles", params={"filter": 'equals(email,"bg0.0@example.com")'}).json()["data"]
+    assert [p["attributes"]["first_name"] for p in first] == ["Last"]
+    assert len(sb.store.members(sb.accounts[0].id, "list", list_id)) == 599
 
 
 def test_bulk_import_limits(api):
