@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 import pyarrow as pa
@@ -25,7 +25,7 @@ from .diff import Plan, plan
 from .mapping import IDENTIFIERS, ReverseSyncConfig, build_clear, build_profile
 from .report import ReverseSyncReport
 from .source_rows import Warehouse, read_audience
-from .state import SyncState
+from .state import BackgroundCommits, SyncState
 from .writer import KlaviyoWriter, ReverseSyncError, batches, make_client
 
 SAMPLE_SIZE = 5
@@ -239,73 +239,106 @@ class _Pusher:
         self.failed.update(r[0] for r in rejects)
 
     # -- 2 + 3: profiles, list members, clears ---------------------------------------------
+    def _jobs(self) -> Iterator[list[tuple[dict[str, Any], dict[str, Any], bytes]]]:
+        """The upserts as bulk-import jobs of (row, profile, serialised profile), built only as
+        they are needed: the first job goes out while later ones are still rows."""
+        def prepared() -> Iterator[tuple[dict[str, Any], dict[str, Any], bytes]]:
+            for chunk in self.work.upserts.to_batches(max_chunksize=self.config.batch_size):
+                for row in chunk.to_pylist():
+                    properties = orjson.loads(row["__props_json"]) if row["__props_json"] else None
+                    profile = build_profile(row, self.work.fields, properties)
+                    yield row, profile, orjson.dumps(profile)
+
+        return batches(prepared(), size=lambda item: len(item[2]), max_count=self.config.batch_size,
+                       max_bytes=self.config.max_batch_bytes)
+
     def push_profiles(self) -> None:
-        rows = self.work.upserts.to_pylist()
-        if not rows:
+        upserts = self.work.upserts
+        if not upserts.num_rows:
             return
-        profiles = [build_profile(r, self.work.fields, orjson.loads(r["__props_json"]) if r["__props_json"] else None)
-                    for r in rows]
-        encoded = [orjson.dumps(p) for p in profiles]
-        list_target = self.config.list
+        import pyarrow.compute as pc
+
         # identities new to this sync but already extracted from Klaviyo are updates, and their ids are known
-        known = self._ids_from_warehouse([r["__identity"] for r in rows if r["__is_new"]])
-        ranges = list(batches(encoded, self.config.batch_size, self.config.max_batch_bytes))
+        known = self._ids_from_warehouse(pc.filter(upserts.column("__identity"), upserts.column("__is_new")).to_pylist())
+        list_id = self.list_id if self.config.list else None
         # up to `jobs_in_flight` jobs are submitted ahead, so Klaviyo works on the next ones while
-        # this run awaits the oldest and records it; state still advances job by job, in order (a
-        # run killed with jobs in flight resends their rows next time: imports are idempotent)
-        in_flight: deque[tuple[int, int, int, str]] = deque()
-        submitted = 0
-        while submitted < len(ranges) or in_flight:
-            while submitted < len(ranges) and len(in_flight) < self.config.jobs_in_flight:
-                start, end = ranges[submitted]
-                job_id = self.writer.submit_import(profiles[start:end], self.list_id if list_target else None)
-                in_flight.append((submitted, start, end, job_id))
-                submitted += 1
-            number, start, end, job_id = in_flight.popleft()
-            failures = self.writer.wait_import(job_id, profiles[start:end])
-            self.report.jobs += 1
-            saved, rejects, conflicts, unclear = [], [], [], []
-            for offset, row in enumerate(rows[start:end]):
-                failure = failures.get(offset)
-                if failure is not None:
-                    stage_list = conflicts if failure.code == "duplicate_profile" else rejects
-                    stage_list.append((row["__identity"], failure.reason, encoded[start + offset].decode()))
+        # this run awaits the oldest and records it; state still advances job by job, in order, on
+        # a background thread (a run killed with jobs in flight or state uncommitted sends their
+        # rows again next time: imports are idempotent)
+        jobs = self._jobs()
+        in_flight: deque[tuple[int, list[tuple[dict[str, Any], dict[str, Any], bytes]], str, float]] = deque()
+        commits = BackgroundCommits(self.state, self.report.run_id)
+        try:
+            submitted = 0
+            while True:
+                while len(in_flight) < self.config.jobs_in_flight:
+                    job = next(jobs, None)
+                    if job is None:
+                        break
+                    job_id = self.writer.submit_import([payload for _, _, payload in job], list_id)
+                    in_flight.append((submitted, job, job_id, time.monotonic()))
+                    submitted += 1
+                if not in_flight:
+                    break
+                number, job, job_id, submitted_at = in_flight.popleft()
+                failures = self.writer.wait_import(job_id, [profile for _, profile, _ in job], submitted_at)
+                saved = self._record_job(job, job_id, failures, known)
+                commits.put(saved, self.pending)
+                self.pending = []
+                if self.on_batch:
+                    self.on_batch(number, self.report)
+                if self.config.max_rejected_fraction is not None:
+                    _check_threshold(self.config, self.report, self.report.rejected_local + self.report.rejected_remote)
+        except BaseException:
+            commits.close(raise_failure=False)  # what Klaviyo accepted so far is still recorded
+            raise
+        commits.close()
+
+    def _record_job(self, job: list[tuple[dict[str, Any], dict[str, Any], bytes]], job_id: str,
+                    failures: dict[int, Any], known: dict[str, str]) -> list[dict[str, Any]]:
+        """Count a completed job, clear the fields it cannot, and return the state rows it advances."""
+        list_target = self.config.list
+        saved, rejects, conflicts, unclear = [], [], [], []
+        for offset, (row, _, payload) in enumerate(job):
+            failure = failures.get(offset)
+            if failure is not None:
+                stage_list = conflicts if failure.code == "duplicate_profile" else rejects
+                stage_list.append((row["__identity"], failure.reason, payload.decode()))
+                continue
+            next_state = self._base(row)
+            next_state.update(profile_hash=row["__hash"], present_fields=row["__present"], job_id=job_id)
+            if not next_state.get("profile_id") and row["__identity"] in known:
+                next_state["profile_id"] = known[row["__identity"]]
+            if list_target:
+                next_state.update(list_id=self.list_id, list_name=list_target.name, in_list=True)
+                self.report.added_to_list += int(bool(row["__needs_list"]))
+            if row["__cleared"]:
+                body = build_clear(row, row["__cleared"])
+                profile_id, problem = self.writer.profile_import(body)
+                if problem is not None:
+                    # keep the old hash: the next run retries the clear
+                    next_state.update(profile_hash=row["__prev_hash"], present_fields=row["__prev_present"])
+                    stage_list = conflicts if problem.code == "duplicate_profile" else unclear
+                    stage_list.append((row["__identity"], problem.reason, orjson.dumps(body).decode()))
+                    saved.append(next_state)
                     continue
-                next_state = self._base(row)
-                next_state.update(profile_hash=row["__hash"], present_fields=row["__present"], job_id=job_id)
-                if not next_state.get("profile_id") and row["__identity"] in known:
-                    next_state["profile_id"] = known[row["__identity"]]
-                if list_target:
-                    next_state.update(list_id=self.list_id, list_name=list_target.name, in_list=True)
-                    self.report.added_to_list += int(bool(row["__needs_list"]))
-                if row["__cleared"]:
-                    body = build_clear(row, row["__cleared"])
-                    profile_id, problem = self.writer.profile_import(body)
-                    if problem is not None:
-                        # keep the old hash: the next run retries the clear
-                        next_state.update(profile_hash=row["__prev_hash"], present_fields=row["__prev_present"])
-                        stage_list = conflicts if problem.code == "duplicate_profile" else unclear
-                        stage_list.append((row["__identity"], problem.reason, orjson.dumps(body).decode()))
-                        saved.append(next_state)
-                        continue
-                    next_state["profile_id"] = profile_id
-                    self.report.cleared += 1
-                saved.append(next_state)
-                if row["__changed"]:
-                    if row["__is_new"] and row["__identity"] not in known:
-                        self.report.created += 1
-                    else:
-                        self.report.updated += 1
-            self.report.sent += end - start
-            self._reject("import_error", rejects)
-            self._reject("conflict", conflicts)
-            self._reject("clear", unclear)
-            self._save(saved)
-            self.report.requests = self.writer.requests
-            if self.on_batch:
-                self.on_batch(number, self.report)
-            if self.config.max_rejected_fraction is not None:
-                _check_threshold(self.config, self.report, self.report.rejected_local + self.report.rejected_remote)
+                next_state["profile_id"] = profile_id
+                self.report.cleared += 1
+            saved.append(next_state)
+            if row["__changed"]:
+                if row["__is_new"] and row["__identity"] not in known:
+                    self.report.created += 1
+                else:
+                    self.report.updated += 1
+        self.report.jobs += 1
+        self.report.sent += len(job)
+        self._reject("import_error", rejects)
+        self._reject("conflict", conflicts)
+        self._reject("clear", unclear)
+        for row in saved:
+            self.current[row["identity_key"]] = row
+        self.report.requests = self.writer.requests
+        return saved
 
     # -- 4: consent -----------------------------------------------------------------------
     def push_consent(self) -> None:

@@ -10,6 +10,7 @@ Rejects are appended with their reason and the row, so nothing is lost.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any, Iterable
 
 import dlt
@@ -107,3 +108,59 @@ class SyncState:
         file_format = "parquet" if self.warehouse.is_duckdb else "csv"
         info = self.warehouse.pipeline.run(resource, loader_file_format=file_format)
         info.raise_on_failed_jobs()
+
+
+class BackgroundCommits:
+    """Advances a ``SyncState`` on a background thread, in order, so the run goes on meanwhile.
+
+    What arrives while a commit runs goes out together in the next one (one load for several
+    bulk-import jobs).  ``close`` waits for everything handed over; a failed commit raises there
+    or at the next ``put`` (its rows stay unrecorded: the next run sends them again)."""
+
+    def __init__(self, state: SyncState, run_id: str):
+        self.state, self.run_id = state, run_id
+        self._rows: list[dict[str, Any]] = []
+        self._rejects: list[tuple[str, str | None, str, str | None]] = []
+        self._closed = False
+        self._error: BaseException | None = None
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="reverse-sync-state", daemon=True)
+        self._thread.start()
+
+    def put(self, rows: list[dict[str, Any]], rejects: list[tuple[str, str | None, str, str | None]]) -> None:
+        """Hand over state rows and rejects to commit."""
+        with self._ready:
+            self._raise_failure()
+            self._rows.extend(rows)
+            self._rejects.extend(rejects)
+            self._ready.notify()
+
+    def close(self, raise_failure: bool = True) -> None:
+        """Commit what is pending and stop; raises the failure of any commit (unless told not to,
+        when another error is already on its way)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+        if raise_failure:
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not (self._rows or self._rejects or self._closed):
+                    self._ready.wait()
+                rows, rejects = self._rows, self._rejects
+                self._rows, self._rejects = [], []
+                if not (rows or rejects):
+                    return  # closed, nothing pending
+            try:
+                self.state.commit(rows, rejects, self.run_id)
+            except BaseException as exc:  # noqa: BLE001 - raised in the run's thread by put/close
+                with self._ready:
+                    self._error = exc
+                return

@@ -17,7 +17,7 @@ import contextlib
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
 import requests
@@ -42,6 +42,7 @@ WRITE_ENDPOINTS = (
     ("GET", "/api/lists/{id}/profiles"),
 )
 _POINTER_INDEX = re.compile(r"^/data/attributes/profiles/data/(\d+)")
+_JOB_HEAD = b'{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":['
 
 
 class ReverseSyncError(RuntimeError):
@@ -110,13 +111,15 @@ class KlaviyoWriter:
         self.requests = 0
 
     # -- transport ------------------------------------------------------------------------
-    def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
-              ) -> requests.Response:
-        headers = {"content-type": "application/vnd.api+json"} if json is not None else None
+    def _send(self, method: str, path: str, *, json: Any = None, body: bytes | None = None,
+              params: dict[str, Any] | None = None) -> requests.Response:
+        """One request; the document is ``json`` (serialised here) or ``body`` (already serialised)."""
+        if json is not None:
+            body = orjson.dumps(json)
+        headers = {"content-type": "application/vnd.api+json"} if body is not None else None
         self.requests += 1
         try:
-            return self.client.rest_client().request(path, method=method, params=params, headers=headers,
-                                                     data=orjson.dumps(json) if json is not None else None)
+            return self.client.rest_client().request(path, method=method, params=params, headers=headers, data=body)
         except requests.RequestException as exc:
             raise ReverseSyncError(f"{method} {path}: network failure after retries: {_one_line(exc)}") from None
 
@@ -136,9 +139,9 @@ class KlaviyoWriter:
         return Failure(response.status_code, error.get("code") or str(response.status_code),
                        error.get("detail") or error.get("title") or response.reason or "", error.get("meta") or {})
 
-    def _document(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
-                  ) -> dict[str, Any]:
-        response = self._send(method, path, json=json, params=params)
+    def _document(self, method: str, path: str, *, json: Any = None, body: bytes | None = None,
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self._send(method, path, json=json, body=body, params=params)
         if response.status_code >= 400:
             raise self._fatal(response)
         return orjson.loads(response.content) if response.content else {}
@@ -196,25 +199,34 @@ class KlaviyoWriter:
                            json={"data": [{"type": "profile", "id": pid} for pid in chunk]})
 
     # -- profiles -------------------------------------------------------------------------
-    def submit_import(self, profiles: list[dict[str, Any]], list_id: str | None) -> str:
-        """Create a bulk-import job (spec bulk_import_profiles) without waiting for it; returns its id."""
-        data: dict[str, Any] = {"type": "profile-bulk-import-job",
-                                "attributes": {"profiles": {"data": profiles}}}
+    def submit_import(self, profiles: list[bytes], list_id: str | None) -> str:
+        """Create a bulk-import job (spec bulk_import_profiles) from serialised ``profile`` resources,
+        without waiting for it; returns its id."""
+        tail = b"]}}"
         if list_id:
-            data["relationships"] = {"lists": {"data": [{"type": "list", "id": list_id}]}}
-        return self._document("POST", "/api/profile-bulk-import-jobs", json={"data": data})["data"]["id"]
+            tail += b',"relationships":{"lists":{"data":[{"type":"list","id":' + orjson.dumps(list_id) + b"}]}}"
+        body = _JOB_HEAD + b",".join(profiles) + tail + b"}}"
+        return self._document("POST", "/api/profile-bulk-import-jobs", body=body)["data"]["id"]
 
-    def wait_import(self, job_id: str, profiles: list[dict[str, Any]]) -> dict[int, Failure]:
-        """Poll a bulk-import job to completion; returns its failures by index in ``profiles``."""
+    def wait_import(self, job_id: str, profiles: list[dict[str, Any]], submitted_at: float | None = None
+                    ) -> dict[int, Failure]:
+        """Poll a bulk-import job to completion; returns its failures by index in ``profiles``.
+
+        The first poll is one poll interval after ``submitted_at`` (``time.monotonic()``; default
+        now), so a job submitted ahead is polled at once; then the interval grows to its maximum."""
         attributes: dict[str, Any] = {}
-        waited, interval = 0.0, self.poll_interval
+        start = time.monotonic() if submitted_at is None else submitted_at
+        interval = self.poll_interval
+        due = start + interval
         while attributes.get("status") not in ("complete", "cancelled"):
-            if waited > self.job_timeout:
+            now = time.monotonic()
+            if now - start > self.job_timeout:
                 raise ReverseSyncError(f"bulk import job {job_id} not complete after {self.job_timeout:.0f}s")
-            time.sleep(interval)
-            waited += interval
-            interval = min(interval * 1.5, self.max_poll_interval)
+            if due > now:
+                time.sleep(due - now)
             attributes = self._get(f"/api/profile-bulk-import-jobs/{job_id}")["data"]["attributes"]
+            interval = min(interval * 1.5, self.max_poll_interval)
+            due = time.monotonic() + interval
         if attributes.get("status") == "cancelled":
             failure = Failure(0, "cancelled", f"bulk import job {job_id} was cancelled")
             return {i: failure for i in range(len(profiles))}
@@ -290,16 +302,22 @@ def _has_consented_at(profile: dict[str, Any]) -> bool:
     return all((channel.get("marketing") or {}).get("consented_at") for channel in subscriptions.values())
 
 
-def batches(payloads: list[bytes], max_count: int = MAX_JOB_PROFILES, max_bytes: int = MAX_JOB_BYTES
-            ) -> Iterator[tuple[int, int]]:
-    """(start, end) ranges of serialized profiles that fit one bulk-import job (count and bytes)."""
+Item = TypeVar("Item")
+
+
+def batches(items: Iterable[Item], size: Callable[[Item], int] = len, max_count: int = MAX_JOB_PROFILES,
+            max_bytes: int = MAX_JOB_BYTES) -> Iterator[list[Item]]:
+    """Consecutive groups of ``items`` (serialised profiles, or records whose ``size`` is their
+    serialised profile's length) that fit one bulk-import job, by count and bytes; lazy."""
     envelope = 200  # the job document around the profiles array
-    start, size = 0, envelope
-    for index, payload in enumerate(payloads):
-        item = len(payload) + 1
-        if index > start and (index - start >= max_count or size + item > max_bytes):
-            yield start, index
-            start, size = index, envelope
-        size += item
-    if start < len(payloads):
-        yield start, len(payloads)
+    group: list[Item] = []
+    total = envelope
+    for item in items:
+        weight = size(item) + 1
+        if group and (len(group) >= max_count or total + weight > max_bytes):
+            yield group
+            group, total = [], envelope
+        group.append(item)
+        total += weight
+    if group:
+        yield group

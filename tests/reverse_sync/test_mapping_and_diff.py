@@ -127,11 +127,15 @@ def test_bulk_jobs_respect_the_profile_count_and_payload_size():
     from klaviyo_source.reverse_sync.writer import batches
 
     small = [b"x" * 100] * 25_000
-    assert list(batches(small)) == [(0, 10_000), (10_000, 20_000), (20_000, 25_000)]
+    assert [len(group) for group in batches(small)] == [10_000, 10_000, 5_000]
     big = [b"y" * 60_000] * 200  # 60 KB each: 5 MB holds 83 of them with the job envelope
-    ranges = list(batches(big))
-    assert all(sum(len(p) + 1 for p in big[a:b]) + 200 <= 5_000_000 for a, b in ranges)
-    assert ranges[0] == (0, 83) and ranges[-1][1] == 200
+    groups = list(batches(big))
+    assert all(sum(len(p) + 1 for p in group) + 200 <= 5_000_000 for group in groups)
+    assert len(groups[0]) == 83 and sum(len(group) for group in groups) == 200
+    # records carrying their payload are grouped by the payload's size, lazily
+    records = iter([("id", b"z" * 60_000)] * 200)
+    first = next(batches(records, size=lambda record: len(record[1])))
+    assert len(first) == 83 and len(list(records)) == 200 - 84  # read one past the first job, no further
 
 
 def test_consent_time_must_be_a_past_timestamp():
