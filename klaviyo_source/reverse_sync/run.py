@@ -202,7 +202,10 @@ class _Pusher:
         self.config, self.work, self.state, self.writer = config, work, state, writer
         self.pending = list(pending)  # rejects written with the next state commit
         self.warehouse, self.list_id, self.report, self.on_batch = warehouse, list_id, report, on_batch
-        self.current: dict[str, dict[str, Any]] = {}  # identity -> latest state row written this run
+        # identity -> latest state row written this run, kept for the identities a later stage
+        # (consent) writes again
+        self.current: dict[str, dict[str, Any]] = {}
+        self.written_again = set(work.consents.column("__identity").to_pylist()) if work.consents.num_rows else set()
         self.failed: set[str] = set()  # identities Klaviyo rejected this run
 
     def run(self) -> None:
@@ -230,8 +233,12 @@ class _Pusher:
         """Advance state (and write pending rejects) in one load."""
         self.state.commit(rows, self.pending, self.report.run_id)
         self.pending = []
+        self._remember(rows)
+
+    def _remember(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            self.current[row["identity_key"]] = row
+            if row["identity_key"] in self.written_again:
+                self.current[row["identity_key"]] = row
 
     def _reject(self, stage: str, rejects: list[tuple[str, str, str | None]]) -> None:
         self.pending.extend((stage, *r) for r in rejects)
@@ -335,8 +342,7 @@ class _Pusher:
         self._reject("import_error", rejects)
         self._reject("conflict", conflicts)
         self._reject("clear", unclear)
-        for row in saved:
-            self.current[row["identity_key"]] = row
+        self._remember(saved)
         self.report.requests = self.writer.requests
         return saved
 

@@ -146,3 +146,59 @@ def test_consent_time_must_be_a_past_timestamp():
     work = plan(config, rows, empty_state())
     assert [r["reason"].split(":")[0] for r in work.rejected.to_pylist()] == ["at", "at"]
     assert work.consents.column("__identity").to_pylist() == ["email:a@x.com"]  # d@x.com did not consent
+
+
+class _RecordingState:
+    """A SyncState stand-in recording commits; the commit numbered ``fail_on`` raises."""
+
+    def __init__(self, fail_on=None, hold=None):
+        self.commits, self.fail_on, self.hold = [], fail_on, hold
+
+    def commit(self, rows, rejects, run_id=""):
+        if self.hold is not None:
+            self.hold.wait(10)
+        if len(self.commits) + 1 == self.fail_on:
+            raise OSError("warehouse went away")
+        self.commits.append(([r["identity_key"] for r in rows], [r[1] for r in rejects], run_id))
+
+
+def test_background_commits_keep_order_merge_what_waits_and_report_failures():
+    import threading
+
+    from klaviyo_source.reverse_sync.state import BackgroundCommits
+
+    hold = threading.Event()
+    state = _RecordingState(hold=hold)
+    commits = BackgroundCommits(state, "run1")
+    commits.put([{"identity_key": "a"}], [])
+    commits.put([{"identity_key": "b"}], [("import_error", "x", "bad", None)])  # waits behind the held commit
+    commits.put([{"identity_key": "c"}], [])
+    hold.set()
+    commits.close()
+    # in order; what arrived while the first commit was held went out together in one more
+    assert [key for keys, _, _ in state.commits for key in keys] == ["a", "b", "c"] and len(state.commits) <= 2
+    assert [x for _, rejects, _ in state.commits for x in rejects] == ["x"] and state.commits[0][2] == "run1"
+
+    failing = BackgroundCommits(_RecordingState(fail_on=1), "run2")
+    failing.put([{"identity_key": "a"}], [])
+    with pytest.raises(OSError, match="went away"):
+        failing.close()
+    failing.close(raise_failure=False)  # another error already on its way: no second one
+
+
+def test_a_job_submitted_ahead_is_polled_without_waiting(monkeypatch):
+    import time
+
+    from klaviyo_source.reverse_sync import writer as writer_module
+
+    class Client:
+        def get(self, path, params=None):
+            return {"data": {"attributes": {"status": "complete", "failed_count": 0}}}
+
+    slept = []
+    monkeypatch.setattr(writer_module.time, "sleep", slept.append)
+    kw = writer_module.KlaviyoWriter(Client(), poll_interval=5.0)
+    assert kw.wait_import("JOB", [{}], submitted_at=time.monotonic() - 60) == {}
+    assert slept == []  # due long ago
+    assert kw.wait_import("JOB", [{}]) == {}
+    assert len(slept) == 1 and 4.0 < slept[0] <= 5.0  # a job just submitted waits one interval
