@@ -47,7 +47,7 @@ class Plan:
 
     read: int
     rejected: pa.Table  # identity_key, reason, row_json (the source row)
-    upserts: pa.Table  # prepared rows to send through bulk import (+ __is_new, __cleared, __needs_list...)
+    upserts: pa.Table  # prepared rows to send through bulk import (+ __body, __is_new, __cleared, __needs_list...)
     clears: int
     consents: pa.Table  # prepared rows whose explicit consent is new
     departed: pa.Table  # state rows of members no longer in the audience (mirror mode)
@@ -164,6 +164,50 @@ def prepare_sql(config: ReverseSyncConfig, schema: pa.Schema) -> tuple[str, list
     return sql, fields
 
 
+def _json_value(column: str, arrow_type: pa.DataType) -> str:
+    """SQL for a prepared value as JSON text; datetimes in ISO 8601, as Python's JSON encoders write them."""
+    if pa.types.is_timestamp(arrow_type):
+        local = f"timezone('UTC', CAST({column} AS TIMESTAMPTZ))" if arrow_type.tz else f"CAST({column} AS TIMESTAMP)"
+        micros = f"microsecond({local}) % 1000000"
+        iso = (f"strftime({local}, '%Y-%m-%dT%H:%M:%S') || CASE WHEN {micros} <> 0 "
+               f"THEN '.' || lpad(CAST({micros} AS VARCHAR), 6, '0') ELSE '' END")
+        return f"to_json({iso} || '+00:00')" if arrow_type.tz else f"to_json({iso})"
+    return f"CAST(to_json({column}) AS VARCHAR)"
+
+
+def body_sql(config: ReverseSyncConfig, schema: pa.Schema) -> str:
+    """SQL over prepared rows for each one's bulk-import ``profile`` resource as JSON text:
+    non-null values only (null cannot clear there), ``location.*`` and ``properties.*`` nested,
+    named properties over the JSON column's keys (which are sent as they are, nulls included)."""
+    def pair(key: str, target: str) -> str:
+        value = _json_value(q(target), schema.field(config.columns[target]).type)
+        return f"CASE WHEN {q(target)} IS NOT NULL THEN {_lit(orjson.dumps(key).decode() + ':')} || {value} END"
+
+    def any_present(targets: list[str]) -> str:
+        return " OR ".join(f"{q(t)} IS NOT NULL" for t in targets) or "false"
+
+    top = [t for t in config.columns if not t.startswith(("location.", "properties."))]
+    location = [t for t in config.columns if t.startswith("location.")]
+    named = [t for t in config.columns if t.startswith("properties.")]
+    parts = [pair(t, t) for t in top]
+    if location:
+        inner = ", ".join(pair(t[9:], t) for t in location)
+        parts.append(f"""CASE WHEN {any_present(location)} THEN '"location":{{' || concat_ws(',', {inner}) || '}}' END""")
+    named_object = "'{' || concat_ws(',', " + ", ".join(pair(t[11:], t) for t in named) + ") || '}'" if named else "'{}'"
+    if config.properties_json:
+        # the JSON column's keys, less those a named property sets, then the named ones appended
+        dropped = ("'{' || concat_ws(',', " + ", ".join(
+            f"CASE WHEN {q(t)} IS NOT NULL THEN {_lit(orjson.dumps(t[11:]).decode() + ':null')} END" for t in named)
+            + ") || '}'") if named else "'{}'"
+        kept = f"json_merge_patch(coalesce(__props_json, '{{}}'), {dropped})"
+        properties = (f"CASE WHEN {kept} = '{{}}' THEN {named_object} WHEN {named_object} = '{{}}' THEN {kept} "
+                      f"ELSE substr({kept}, 1, length({kept}) - 1) || ',' || substr({named_object}, 2) END")
+    else:
+        properties = named_object
+    parts.append(f"""CASE WHEN ({properties}) <> '{{}}' THEN '"properties":' || ({properties}) END""")
+    return """'{"type":"profile","attributes":{' || concat_ws(',', """ + ", ".join(parts) + ") || '}}'"
+
+
 def plan(config: ReverseSyncConfig, rows: pa.Table, state: pa.Table, list_id: str | None = None) -> Plan:
     """Validate, hash and diff the audience against the sync's state (in-memory DuckDB over Arrow)."""
     con = duckdb.connect()
@@ -219,7 +263,8 @@ def plan(config: ReverseSyncConfig, rows: pa.Table, state: pa.Table, list_id: st
         })
         con.execute("CREATE TEMP TABLE decided AS SELECT * FROM diffed "
                     "WHERE __changed OR __needs_list OR __needs_consent").fetchall()
-        upserts = con.sql("SELECT * FROM decided WHERE __changed OR __needs_list ORDER BY __row").to_arrow_table()
+        upserts = con.sql(f"SELECT *, {body_sql(config, rows.schema)} AS __body FROM decided "
+                          "WHERE __changed OR __needs_list ORDER BY __row").to_arrow_table()
         consents = con.sql("SELECT * FROM decided WHERE __needs_consent ORDER BY __row").to_arrow_table()
         clears, decided = con.sql("SELECT count(*) FILTER (WHERE len(__cleared) > 0), count(*) FROM decided"
                                   ).fetchall()[0]

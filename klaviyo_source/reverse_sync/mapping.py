@@ -196,29 +196,6 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def build_profile(row: dict[str, Any], fields: list[str], properties_json: dict[str, Any] | None) -> dict[str, Any]:
-    """A Klaviyo ``profile`` resource for bulk import from a prepared row keyed by Klaviyo field
-    (``email``, ``location.city``, ``properties.ltv``): non-null values only, as null cannot clear there."""
-    attributes: dict[str, Any] = {}
-    location: dict[str, Any] = {}
-    properties: dict[str, Any] = dict(properties_json or {})
-    for target in fields:
-        value = row.get(target)
-        if value is None:
-            continue
-        if target.startswith("location."):
-            location[target[9:]] = value
-        elif target.startswith("properties."):
-            properties[target[11:]] = value
-        else:
-            attributes[target] = value
-    if location:
-        attributes["location"] = location
-    if properties:
-        attributes["properties"] = properties
-    return {"type": "profile", "attributes": attributes}
-
-
 def build_clear(row: dict[str, Any], cleared: list[str]) -> dict[str, Any]:
     """A ``profile-import`` body setting the cleared fields to null, where null clears
     (spec operation create_or_update_profile); the row's identifiers say which profile."""

@@ -16,13 +16,14 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .diff import Plan, plan
-from .mapping import IDENTIFIERS, ReverseSyncConfig, build_clear, build_profile
+from .mapping import IDENTIFIERS, ReverseSyncConfig, build_clear
 from .report import ReverseSyncReport
 from .source_rows import Warehouse, read_audience
 from .state import BackgroundCommits, SyncState
@@ -126,11 +127,18 @@ def _other_list_ids(prior: pa.Table, name: str, list_id: str) -> bool:
     """Whether state rows for list ``name`` were recorded under a list id other than ``list_id``."""
     if prior.num_rows == 0:
         return False
-    import pyarrow.compute as pc
 
     same_name = pc.equal(prior.column("list_name"), name)
     other_id = pc.invert(pc.fill_null(pc.equal(prior.column("list_id"), list_id), False))
     return bool(pc.any(pc.and_(same_name, other_id)).as_py())
+
+
+def _count(*masks: Any) -> int:
+    """How many rows every boolean mask holds true for (nulls count as false)."""
+    combined = masks[0]
+    for mask in masks[1:]:
+        combined = pc.and_kleene(combined, mask)
+    return int(pc.sum(pc.fill_null(combined, False)).as_py() or 0)
 
 
 def _configured_api_key() -> str | None:
@@ -165,8 +173,6 @@ def _check_threshold(config: ReverseSyncConfig, report: ReverseSyncReport, rejec
 
 def _describe(work: Plan, report: ReverseSyncReport) -> None:
     """Dry run: counts and a few sample rows per action (vectorised: fine for a million rows)."""
-    import pyarrow.compute as pc
-
     upserts = work.upserts
     shown = ["__identity", *work.fields]
 
@@ -246,51 +252,42 @@ class _Pusher:
         self.failed.update(r[0] for r in rejects)
 
     # -- 2 + 3: profiles, list members, clears ---------------------------------------------
-    def _jobs(self) -> Iterator[list[tuple[dict[str, Any], dict[str, Any], bytes]]]:
-        """The upserts as bulk-import jobs of (row, profile, serialised profile), built only as
-        they are needed: the first job goes out while later ones are still rows."""
-        def prepared() -> Iterator[tuple[dict[str, Any], dict[str, Any], bytes]]:
-            for chunk in self.work.upserts.to_batches(max_chunksize=self.config.batch_size):
-                for row in chunk.to_pylist():
-                    properties = orjson.loads(row["__props_json"]) if row["__props_json"] else None
-                    profile = build_profile(row, self.work.fields, properties)
-                    yield row, profile, orjson.dumps(profile)
-
-        return batches(prepared(), size=lambda item: len(item[2]), max_count=self.config.batch_size,
-                       max_bytes=self.config.max_batch_bytes)
-
     def push_profiles(self) -> None:
         upserts = self.work.upserts
         if not upserts.num_rows:
             return
-        import pyarrow.compute as pc
-
         # identities new to this sync but already extracted from Klaviyo are updates, and their ids are known
         known = self._ids_from_warehouse(pc.filter(upserts.column("__identity"), upserts.column("__is_new")).to_pylist())
         list_id = self.list_id if self.config.list else None
+        bodies = upserts.column("__body")  # each profile resource as JSON text, built by the plan
+        sizes = pc.binary_length(bodies).to_pylist()
+        spans = ((group[0], group[-1] + 1) for group in batches(
+            range(upserts.num_rows), size=sizes.__getitem__, max_count=self.config.batch_size,
+            max_bytes=self.config.max_batch_bytes))
         # up to `jobs_in_flight` jobs are submitted ahead, so Klaviyo works on the next ones while
         # this run awaits the oldest and records it; state still advances job by job, in order, on
         # a background thread (a run killed with jobs in flight or state uncommitted sends their
         # rows again next time: imports are idempotent)
-        jobs = self._jobs()
-        in_flight: deque[tuple[int, list[tuple[dict[str, Any], dict[str, Any], bytes]], str, float]] = deque()
+        in_flight: deque[tuple[int, int, int, str, float]] = deque()
         commits = BackgroundCommits(self.state, self.report.run_id)
         try:
             submitted = 0
             while True:
                 while len(in_flight) < self.config.jobs_in_flight:
-                    job = next(jobs, None)
-                    if job is None:
+                    span = next(spans, None)
+                    if span is None:
                         break
-                    job_id = self.writer.submit_import([payload for _, _, payload in job], list_id)
-                    in_flight.append((submitted, job, job_id, time.monotonic()))
+                    start, end = span
+                    job_id = self.writer.submit_import(bodies.slice(start, end - start).to_pylist(), list_id)
+                    in_flight.append((submitted, start, end, job_id, time.monotonic()))
                     submitted += 1
                 if not in_flight:
                     break
-                number, job, job_id, submitted_at = in_flight.popleft()
-                failures = self.writer.wait_import(job_id, [profile for _, profile, _ in job], submitted_at)
-                saved = self._record_job(job, job_id, failures, known)
-                commits.put(saved, self.pending)
+                number, start, end, job_id, submitted_at = in_flight.popleft()
+                attributes = self.writer.wait_import(job_id, submitted_at)
+                job = upserts.slice(start, end - start)
+                failures = self.writer.import_failures(job_id, attributes, job.column("__body").to_pylist())
+                commits.put(self._record_job(job, job_id, failures, known), self.pending)
                 self.pending = []
                 if self.on_batch:
                     self.on_batch(number, self.report)
@@ -301,48 +298,67 @@ class _Pusher:
             raise
         commits.close()
 
-    def _record_job(self, job: list[tuple[dict[str, Any], dict[str, Any], bytes]], job_id: str,
-                    failures: dict[int, Any], known: dict[str, str]) -> list[dict[str, Any]]:
-        """Count a completed job, clear the fields it cannot, and return the state rows it advances."""
-        list_target = self.config.list
-        saved, rejects, conflicts, unclear = [], [], [], []
-        for offset, (row, _, payload) in enumerate(job):
-            failure = failures.get(offset)
-            if failure is not None:
-                stage_list = conflicts if failure.code == "duplicate_profile" else rejects
-                stage_list.append((row["__identity"], failure.reason, payload.decode()))
-                continue
-            next_state = self._base(row)
-            next_state.update(profile_hash=row["__hash"], present_fields=row["__present"], job_id=job_id)
-            if not next_state.get("profile_id") and row["__identity"] in known:
-                next_state["profile_id"] = known[row["__identity"]]
-            if list_target:
-                next_state.update(list_id=self.list_id, list_name=list_target.name, in_list=True)
-                self.report.added_to_list += int(bool(row["__needs_list"]))
-            if row["__cleared"]:
+    def _record_job(self, job: pa.Table, job_id: str, failures: dict[int, Any], known: dict[str, str]) -> pa.Table:
+        """Count a completed job, clear the fields bulk import cannot, and return the state rows
+        it advances (column-wise: only failed rows and rows with cleared fields are visited)."""
+        count = job.num_rows
+        identity = job.column("__identity")
+        ok = [True] * count
+        rejects, conflicts, unclear = [], [], []
+        for index, failure in failures.items():
+            ok[index] = False
+            stage_list = conflicts if failure.code == "duplicate_profile" else rejects
+            stage_list.append((identity[index].as_py(), failure.reason, job.column("__body")[index].as_py()))
+        profile_id = job.column("__profile_id")
+        if known:
+            keys, ids = pa.array(list(known), pa.string()), pa.array(list(known.values()), pa.string())
+            profile_id = pc.coalesce(profile_id, pc.take(ids, pc.index_in(identity, value_set=keys)))
+            new_unknown = pc.and_(job.column("__is_new"), pc.invert(pc.is_in(identity, value_set=keys)))
+        else:
+            new_unknown = job.column("__is_new")
+        columns = {"profile_hash": job.column("__hash"), "present_fields": job.column("__present"),
+                   "profile_id": profile_id}
+        counted = list(ok)  # rows counted as created/updated: not those whose clear failed
+        clearing = [i for i in pc.indices_nonzero(pc.greater(pc.list_value_length(job.column("__cleared")), 0)).to_pylist()
+                    if ok[i]]
+        if clearing:
+            values = {name: column.to_pylist() for name, column in columns.items()}
+            for index, row in zip(clearing, job.take(clearing).to_pylist()):
                 body = build_clear(row, row["__cleared"])
-                profile_id, problem = self.writer.profile_import(body)
+                cleared_id, problem = self.writer.profile_import(body)
                 if problem is not None:
                     # keep the old hash: the next run retries the clear
-                    next_state.update(profile_hash=row["__prev_hash"], present_fields=row["__prev_present"])
+                    values["profile_hash"][index], values["present_fields"][index] = row["__prev_hash"], row["__prev_present"]
                     stage_list = conflicts if problem.code == "duplicate_profile" else unclear
                     stage_list.append((row["__identity"], problem.reason, orjson.dumps(body).decode()))
-                    saved.append(next_state)
+                    counted[index] = False
                     continue
-                next_state["profile_id"] = profile_id
+                values["profile_id"][index] = cleared_id
                 self.report.cleared += 1
-            saved.append(next_state)
-            if row["__changed"]:
-                if row["__is_new"] and row["__identity"] not in known:
-                    self.report.created += 1
-                else:
-                    self.report.updated += 1
+            columns = {name: pa.array(column, pa.string()) for name, column in values.items()}
+        list_target = self.config.list
+        if list_target:
+            membership = {"list_id": pa.array([self.list_id] * count, pa.string()),
+                          "list_name": pa.array([list_target.name] * count, pa.string()),
+                          "in_list": pa.array([True] * count, pa.bool_())}
+            self.report.added_to_list += _count(pa.array(ok), job.column("__needs_list"))
+        else:
+            membership = {"list_id": job.column("__prev_list_id"), "list_name": job.column("__prev_list_name"),
+                          "in_list": job.column("__prev_in_list")}
+        counted_mask, changed = pa.array(counted), job.column("__changed")
+        self.report.created += _count(counted_mask, changed, new_unknown)
+        self.report.updated += _count(counted_mask, changed, pc.invert(new_unknown))
         self.report.jobs += 1
-        self.report.sent += len(job)
+        self.report.sent += count
         self._reject("import_error", rejects)
         self._reject("conflict", conflicts)
         self._reject("clear", unclear)
-        self._remember(saved)
+        saved = pa.table({"identity_key": identity, **columns, **membership,
+                          "consent_hash": job.column("__prev_consent_hash"),
+                          "job_id": pa.array([job_id] * count, pa.string())}).filter(pa.array(ok))
+        if self.written_again:
+            self._remember(saved.filter(pc.is_in(saved.column("identity_key"), value_set=pa.array(
+                list(self.written_again), pa.string()))).to_pylist())
         self.report.requests = self.writer.requests
         return saved
 

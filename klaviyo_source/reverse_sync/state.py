@@ -37,6 +37,12 @@ def _state_resource(rows: pa.Table):  # noqa: ANN202 - a dlt resource
                         columns={"in_list": {"data_type": "bool"}})
 
 
+def state_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """State rows (dicts keyed by state column; ``sync_name``/``synced_at`` are set at commit) as a table."""
+    return pa.table({name: pa.array([r.get(name) for r in rows], kind) for name, kind in STATE_COLUMNS.items()
+                     if name not in ("sync_name", "synced_at")})
+
+
 class SyncState:
     """Read and advance the state and rejects tables of one sync."""
 
@@ -67,18 +73,21 @@ class SyncState:
         self.commit([], rejects, run_id)
         return len(rejects)
 
-    def commit(self, rows: list[dict[str, Any]], rejects: list[tuple[str, str | None, str, str | None]],
+    def commit(self, rows: pa.Table | list[dict[str, Any]], rejects: list[tuple[str, str | None, str, str | None]],
                run_id: str = "") -> None:
-        """In one load: merge whole state rows and append (stage, identity_key, reason, row JSON) rejects."""
+        """In one load: merge whole state rows (dicts, or a table of ``state_table``'s columns) and
+        append (stage, identity_key, reason, row JSON) rejects."""
         resources = []
         stamp = _now()
-        if rows:
-            data = {name: [r.get(name) for r in rows] for name in STATE_COLUMNS}
-            data["sync_name"] = [self.sync_name] * len(rows)
-            data["synced_at"] = [stamp] * len(rows)
+        table = state_table(rows) if isinstance(rows, list) else rows
+        if table.num_rows:
+            count = table.num_rows
+            data = {name: table.column(name) for name in STATE_COLUMNS if name not in ("sync_name", "synced_at")}
+            data["sync_name"] = pa.array([self.sync_name] * count, pa.string())
+            data["synced_at"] = pa.array([stamp] * count, STATE_COLUMNS["synced_at"])
             schema = pa.schema([pa.field(k, t, nullable=k not in ("sync_name", "identity_key"))  # the primary key
                                 for k, t in STATE_COLUMNS.items()])
-            resources.append(_state_resource(pa.table({k: pa.array(v, STATE_COLUMNS[k]) for k, v in data.items()},
+            resources.append(_state_resource(pa.table({k: data[k].cast(t) for k, t in STATE_COLUMNS.items()},
                                                       schema=schema)))
         if rejects:
             columns = list(zip(*rejects))
@@ -119,7 +128,7 @@ class BackgroundCommits:
 
     def __init__(self, state: SyncState, run_id: str):
         self.state, self.run_id = state, run_id
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[pa.Table] = []
         self._rejects: list[tuple[str, str | None, str, str | None]] = []
         self._closed = False
         self._error: BaseException | None = None
@@ -127,11 +136,12 @@ class BackgroundCommits:
         self._thread = threading.Thread(target=self._loop, name="reverse-sync-state", daemon=True)
         self._thread.start()
 
-    def put(self, rows: list[dict[str, Any]], rejects: list[tuple[str, str | None, str, str | None]]) -> None:
-        """Hand over state rows and rejects to commit."""
+    def put(self, rows: pa.Table, rejects: list[tuple[str, str | None, str, str | None]]) -> None:
+        """Hand over state rows (a ``state_table``) and rejects to commit."""
         with self._ready:
             self._raise_failure()
-            self._rows.extend(rows)
+            if rows.num_rows:
+                self._rows.append(rows)
             self._rejects.extend(rejects)
             self._ready.notify()
 
@@ -159,7 +169,7 @@ class BackgroundCommits:
                 if not (rows or rejects):
                     return  # closed, nothing pending
             try:
-                self.state.commit(rows, rejects, self.run_id)
+                self.state.commit(pa.concat_tables(rows) if rows else state_table([]), rejects, self.run_id)
             except BaseException as exc:  # noqa: BLE001 - raised in the run's thread by put/close
                 with self._ready:
                     self._error = exc

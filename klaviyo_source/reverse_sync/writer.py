@@ -199,18 +199,17 @@ class KlaviyoWriter:
                            json={"data": [{"type": "profile", "id": pid} for pid in chunk]})
 
     # -- profiles -------------------------------------------------------------------------
-    def submit_import(self, profiles: list[bytes], list_id: str | None) -> str:
-        """Create a bulk-import job (spec bulk_import_profiles) from serialised ``profile`` resources,
-        without waiting for it; returns its id."""
+    def submit_import(self, profiles: list[str], list_id: str | None) -> str:
+        """Create a bulk-import job (spec bulk_import_profiles) from ``profile`` resources as JSON
+        text, without waiting for it; returns its id."""
         tail = b"]}}"
         if list_id:
             tail += b',"relationships":{"lists":{"data":[{"type":"list","id":' + orjson.dumps(list_id) + b"}]}}"
-        body = _JOB_HEAD + b",".join(profiles) + tail + b"}}"
+        body = _JOB_HEAD + ",".join(profiles).encode() + tail + b"}}"
         return self._document("POST", "/api/profile-bulk-import-jobs", body=body)["data"]["id"]
 
-    def wait_import(self, job_id: str, profiles: list[dict[str, Any]], submitted_at: float | None = None
-                    ) -> dict[int, Failure]:
-        """Poll a bulk-import job to completion; returns its failures by index in ``profiles``.
+    def wait_import(self, job_id: str, submitted_at: float | None = None) -> dict[str, Any]:
+        """Poll a bulk-import job until it is complete or cancelled; returns its attributes.
 
         The first poll is one poll interval after ``submitted_at`` (``time.monotonic()``; default
         now), so a job submitted ahead is polled at once; then the interval grows to its maximum."""
@@ -227,11 +226,16 @@ class KlaviyoWriter:
             attributes = self._get(f"/api/profile-bulk-import-jobs/{job_id}")["data"]["attributes"]
             interval = min(interval * 1.5, self.max_poll_interval)
             due = time.monotonic() + interval
+        return attributes
+
+    def import_failures(self, job_id: str, attributes: dict[str, Any], profiles: list[str]) -> dict[int, Failure]:
+        """The failures of a finished job (``attributes`` from ``wait_import``) by index in the
+        job's ``profiles`` (JSON text, as submitted)."""
         if attributes.get("status") == "cancelled":
             failure = Failure(0, "cancelled", f"bulk import job {job_id} was cancelled")
             return {i: failure for i in range(len(profiles))}
         if attributes.get("failed_count"):
-            return self._import_errors(job_id, profiles)
+            return self._import_errors(job_id, [orjson.loads(profile) for profile in profiles])
         return {}
 
     def _import_errors(self, job_id: str, profiles: list[dict[str, Any]]) -> dict[int, Failure]:

@@ -8,7 +8,7 @@ import pytest
 from klaviyo_source.reverse_sync import ConfigError, ReverseSyncConfig
 from klaviyo_source.reverse_sync.diff import STATE_COLUMNS, empty_state, plan
 from klaviyo_source.reverse_sync.flags import config_from_flags
-from klaviyo_source.reverse_sync.mapping import build_clear, build_profile
+from klaviyo_source.reverse_sync.mapping import build_clear
 
 CONFIG = {
     "name": "t", "table": "aud",
@@ -115,12 +115,50 @@ def test_unchanged_changed_cleared_departed():
 def test_payload_builders():
     row = {"email": "a@x.com", "phone_number": None, "first_name": "A", "location.city": "Paris",
            "properties.ltv": 2.5, "external_id": None}
-    fields = ["email", "phone_number", "first_name", "location.city", "properties.ltv"]
-    assert build_profile(row, fields, {"vip": True}) == {"type": "profile", "attributes": {
-        "email": "a@x.com", "first_name": "A", "location": {"city": "Paris"}, "properties": {"vip": True, "ltv": 2.5}}}
     assert build_clear(row, ["first_name", "location.city", "properties.ltv", "json.vip"]) == {"data": {
         "type": "profile", "attributes": {"email": "a@x.com", "first_name": None, "location": {"city": None},
                                           "properties": {"ltv": None, "vip": None}}}}
+
+
+def test_bulk_import_bodies_built_by_the_plan():
+    """Each row's profile resource: nulls left out, location and properties nested, named
+    properties over the JSON column's keys, datetimes in ISO 8601."""
+    import datetime as dt
+
+    import orjson
+
+    utc = dt.timezone.utc
+    config = ReverseSyncConfig.from_dict({
+        "name": "t", "table": "aud", "identifiers": {"email": "email", "phone_number": "phone"},
+        "attributes": {"first_name": "fn", "location": {"city": "city", "latitude": "lat"}},
+        "properties": {"ltv": "ltv", "when": "when", "naive": "naive", "day": "day", "tags": "tags",
+                       "over": "over", "s": "s"},
+        "properties_json": "extra"})
+    rows = pa.table({
+        "email": ["a@x.com", "b@x.com", "c@x.com"], "phone": [None, "+14155550100", None],
+        "fn": ['Ä "q" \\ \n', None, None], "city": ["Paris", None, None], "lat": [48.85, None, 1.0],
+        "ltv": [1.5, None, 1e20],
+        "when": pa.array([dt.datetime(2024, 1, 1, 10, tzinfo=utc), dt.datetime(2024, 1, 1, 10, 0, 0, 500, tzinfo=utc),
+                          dt.datetime(1960, 5, 1, 0, 0, 0, 999999, tzinfo=utc)], pa.timestamp("us", tz="UTC")),
+        "naive": pa.array([dt.datetime(2024, 1, 1, 10), None, dt.datetime(2024, 1, 1, 10, 0, 0, 120000)], pa.timestamp("us")),
+        "day": pa.array([dt.date(2024, 1, 2), None, None]), "tags": pa.array([["a", "b"], None, []]),
+        "over": ["named", None, "named2"], "s": pa.array([{"a": 1, "b": "x"}, None, {"a": None, "b": "y"}]),
+        "extra": ['{"vip": true, "over": "json", "z": null, "nested": {"k": [1, 2]}}', None, '{"over": "json2"}'],
+    })
+    bodies = [orjson.loads(b) for b in plan(config, rows, empty_state()).upserts.column("__body").to_pylist()]
+    assert bodies == [
+        {"type": "profile", "attributes": {
+            "email": "a@x.com", "first_name": 'Ä "q" \\ \n', "location": {"city": "Paris", "latitude": 48.85},
+            "properties": {"vip": True, "over": "named", "z": None, "nested": {"k": [1, 2]}, "ltv": 1.5,
+                           "when": "2024-01-01T10:00:00+00:00", "naive": "2024-01-01T10:00:00", "day": "2024-01-02",
+                           "tags": ["a", "b"], "s": {"a": 1, "b": "x"}}}},
+        {"type": "profile", "attributes": {"email": "b@x.com", "phone_number": "+14155550100",
+                                           "properties": {"when": "2024-01-01T10:00:00.000500+00:00"}}},
+        {"type": "profile", "attributes": {
+            "email": "c@x.com", "location": {"latitude": 1.0},
+            "properties": {"over": "named2", "ltv": 1e20, "when": "1960-05-01T00:00:00.999999+00:00",
+                           "naive": "2024-01-01T10:00:00.120000", "tags": [], "s": {"a": None, "b": "y"}}}},
+    ]
 
 
 def test_bulk_jobs_respect_the_profile_count_and_payload_size():
@@ -159,20 +197,20 @@ class _RecordingState:
             self.hold.wait(10)
         if len(self.commits) + 1 == self.fail_on:
             raise OSError("warehouse went away")
-        self.commits.append(([r["identity_key"] for r in rows], [r[1] for r in rejects], run_id))
+        self.commits.append((rows.column("identity_key").to_pylist(), [r[1] for r in rejects], run_id))
 
 
 def test_background_commits_keep_order_merge_what_waits_and_report_failures():
     import threading
 
-    from klaviyo_source.reverse_sync.state import BackgroundCommits
+    from klaviyo_source.reverse_sync.state import BackgroundCommits, state_table
 
     hold = threading.Event()
     state = _RecordingState(hold=hold)
     commits = BackgroundCommits(state, "run1")
-    commits.put([{"identity_key": "a"}], [])
-    commits.put([{"identity_key": "b"}], [("import_error", "x", "bad", None)])  # waits behind the held commit
-    commits.put([{"identity_key": "c"}], [])
+    commits.put(state_table([{"identity_key": "a"}]), [])
+    commits.put(state_table([{"identity_key": "b"}]), [("import_error", "x", "bad", None)])  # waits behind the held commit
+    commits.put(state_table([{"identity_key": "c"}]), [])
     hold.set()
     commits.close()
     # in order; what arrived while the first commit was held went out together in one more
@@ -180,7 +218,7 @@ def test_background_commits_keep_order_merge_what_waits_and_report_failures():
     assert [x for _, rejects, _ in state.commits for x in rejects] == ["x"] and state.commits[0][2] == "run1"
 
     failing = BackgroundCommits(_RecordingState(fail_on=1), "run2")
-    failing.put([{"identity_key": "a"}], [])
+    failing.put(state_table([{"identity_key": "a"}]), [])
     with pytest.raises(OSError, match="went away"):
         failing.close()
     failing.close(raise_failure=False)  # another error already on its way: no second one
@@ -198,7 +236,7 @@ def test_a_job_submitted_ahead_is_polled_without_waiting(monkeypatch):
     slept = []
     monkeypatch.setattr(writer_module.time, "sleep", slept.append)
     kw = writer_module.KlaviyoWriter(Client(), poll_interval=5.0)
-    assert kw.wait_import("JOB", [{}], submitted_at=time.monotonic() - 60) == {}
+    assert kw.wait_import("JOB", submitted_at=time.monotonic() - 60)["status"] == "complete"
     assert slept == []  # due long ago
-    assert kw.wait_import("JOB", [{}]) == {}
+    assert kw.wait_import("JOB")["status"] == "complete"
     assert len(slept) == 1 and 4.0 < slept[0] <= 5.0  # a job just submitted waits one interval
