@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -225,13 +226,25 @@ def extra_column(name: str) -> str:
     return "x_" + name
 
 
-def _dig(attributes: dict[str, Any], path: str) -> Any:
+def _dig(attributes: dict[str, Any], path: str | tuple[str, ...]) -> Any:
     node: Any = attributes
-    for part in path.split("."):
+    for part in path.split(".") if isinstance(path, str) else path:
         if not isinstance(node, dict):
             return None
         node = node.get(part)
     return node
+
+
+_COLUMN_PATHS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {}
+
+
+def _column_paths(kind: Kind) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """(column, SQL type, attribute path parts) of a kind's typed columns."""
+    paths = _COLUMN_PATHS.get(kind.type)
+    if paths is None:
+        paths = tuple((column, sql_type, tuple(path.split("."))) for column, (sql_type, path) in kind.columns.items())
+        _COLUMN_PATHS[kind.type] = paths
+    return paths
 
 
 @dataclass
@@ -282,6 +295,8 @@ class Store:
         self._local = threading.local()
         self._seq: dict[str, itertools.count] = {}
         self._id_counter = itertools.count(1)
+        # ulid-style ids made by new_id: a per-store random part, then a counter (unique, cheap)
+        self._new_ulid_prefix = "01" + make_id("ulid", os.urandom(16))[2:14]
         self.create_tables()
 
     # -- plumbing -----------------------------------------------------------------
@@ -420,7 +435,7 @@ class Store:
         memo = {} if memo is None else memo
         base = {k: v for k, v in attributes.items() if k not in kind.extras and not k.startswith("_")}
         values: dict[str, Any] = {"attrs": orjson.dumps(base).decode()}
-        for column, (sql_type, path) in kind.columns.items():
+        for column, sql_type, path in _column_paths(kind):
             value = _dig(attributes, path)
             if sql_type == "TIMESTAMP":
                 key = ("ts", value)
@@ -479,14 +494,13 @@ class Store:
         kind = self.kind(type_)
         stamp = naive_utc(inserted_at or self.now())
         with self.lock:
-            columns: dict[str, list[Any]] = {"account": [], "seq": [], "id": [], "inserted_at": []}
             memo: dict[Any, Any] = {}
-            for row in rows:
-                values = self._row_values(kind, row["attributes"], row.get("relationships") or {}, memo)
-                values.update(account=account, seq=self.next_seq(kind.table), id=row["id"],
-                              inserted_at=naive_utc(row.get("inserted_at")) or stamp)
-                for key, value in values.items():
-                    columns.setdefault(key, []).append(value)
+            encoded = [self._row_values(kind, row["attributes"], row.get("relationships") or {}, memo) for row in rows]
+            columns = {name: [values[name] for values in encoded] for name in encoded[0]}
+            columns["account"] = [account] * len(rows)
+            columns["seq"] = [self.next_seq(kind.table) for _ in rows]
+            columns["id"] = [row["id"] for row in rows]
+            columns["inserted_at"] = [naive_utc(row.get("inserted_at")) or stamp for row in rows]
             types = {c: (pa.timestamp("us") if t == "TIMESTAMP" else None) for c, (t, _) in kind.columns.items()}
             types["inserted_at"] = pa.timestamp("us")
             arrays = {c: pa.array(v, type=types.get(c)) for c, v in columns.items()}
@@ -497,6 +511,8 @@ class Store:
     def new_id(self, account: str, type_: str) -> str:
         """A fresh id of ``type_``'s style, for records inserted later with ``insert_many``."""
         kind = self.kind(type_)
+        if kind.id_style == "ulid":  # hex digits are Crockford base32 digits too
+            return f"{self._new_ulid_prefix}{next(self._id_counter):012X}"
         return make_id(kind.id_style, account, type_, "new", next(self._id_counter), self.now().timestamp())
 
     def insert_many(self, account: str, type_: str, records: dict[str, dict[str, Any]]) -> None:
