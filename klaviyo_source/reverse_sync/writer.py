@@ -102,7 +102,7 @@ class Failure:
 class KlaviyoWriter:
     """Sends reverse-sync writes through a ``KlaviyoClient`` (its session paces and retries every attempt)."""
 
-    def __init__(self, client: Any, poll_interval: float = 0.25, max_poll_interval: float = 3.0,
+    def __init__(self, client: Any, poll_interval: float = 0.1, max_poll_interval: float = 3.0,
                  job_timeout: float = 900.0):
         self.client = client
         self.poll_interval = poll_interval
