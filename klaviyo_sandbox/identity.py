@@ -275,7 +275,7 @@ class _BatchView:
         self.attrs: dict[str, dict[str, Any]] = {}  # profile key -> served attributes (extras excluded)
         self.seq: dict[str, int] = {}
         self.holders: dict[str, dict[str, dict[str, int]]] = {name: {} for name in IDENTIFIERS}
-        self.created: dict[str, dict[str, Any]] = {}  # new profile key -> its extras (subscriptions)
+        self.created: dict[str, None] = {}  # keys of the profiles the batch creates, in order
         self.changed: set[str] = set()
         for id_, seq, text in rows:
             self._put(id_, seq, orjson.loads(text))
@@ -312,7 +312,7 @@ class _BatchView:
             for name in ("created", "updated"):  # store.insert's defaults
                 served[name] = served.get(name) or now
             target = self.new_id()
-            self.created[target] = _NEW_PROFILE_EXTRAS
+            self.created[target] = None
             self._put(target, _NEW_SEQ + len(self.created), served)
             return target
         served = self.attrs[target]
@@ -341,6 +341,6 @@ def import_profiles(store: Store, account: str,
                 results.append(view.upsert(profile_id, attrs, patch, now))
             except WriteError as exc:
                 results.append(exc)
-        store.insert_many(account, "profile", {k: {**view.attrs[k], **extras} for k, extras in view.created.items()})
+        store.insert_many(account, "profile", {k: view.attrs[k] for k in view.created}, extras=_NEW_PROFILE_EXTRAS)
         store.replace_many(account, "profile", {k: view.attrs[k] for k in view.changed})
     return results

@@ -429,11 +429,16 @@ class Store:
 
     # -- writes -------------------------------------------------------------------
     def _row_values(self, kind: Kind, attributes: dict[str, Any], relationships: dict[str, Any],
-                    memo: dict[Any, Any] | None = None) -> dict[str, Any]:
+                    memo: dict[Any, Any] | None = None, extras: dict[str, Any] | None = None) -> dict[str, Any]:
         """The column values of one record.  ``memo`` (one per batch of rows) parses a repeated
-        timestamp string once and serialises an extras object shared by several rows once."""
+        timestamp string once and serialises an extras object shared by several rows once.
+        ``extras``: given apart, with ``attributes`` holding only served attributes (no ``_`` keys)."""
         memo = {} if memo is None else memo
-        base = {k: v for k, v in attributes.items() if k not in kind.extras and not k.startswith("_")}
+        if extras is None:
+            base = {k: v for k, v in attributes.items() if k not in kind.extras and not k.startswith("_")}
+            extras = attributes
+        else:
+            base = attributes
         values: dict[str, Any] = {"attrs": orjson.dumps(base).decode()}
         for column, sql_type, path in _column_paths(kind):
             value = _dig(attributes, path)
@@ -446,7 +451,7 @@ class Store:
         for name in kind.to_one:
             values[rel_column(name)] = relationships.get(name)
         for name in kind.extras:
-            extra = attributes.get(name)
+            extra = extras.get(name)
             if extra is None:
                 values[extra_column(name)] = None
                 continue
@@ -486,7 +491,8 @@ class Store:
         return id_
 
     def bulk_insert(self, account: str, type_: str, rows: list[dict[str, Any]], inserted_at: dt.datetime | None = None) -> None:
-        """Insert many records at once: each row ``{"id", "attributes", "relationships"?}`` (ids required)."""
+        """Insert many records at once: each row ``{"id", "attributes", "relationships"?, "extras"?}``
+        (ids required; ``extras`` apart from served-only ``attributes``, see ``_row_values``)."""
         import pyarrow as pa
 
         if not rows:
@@ -495,7 +501,8 @@ class Store:
         stamp = naive_utc(inserted_at or self.now())
         with self.lock:
             memo: dict[Any, Any] = {}
-            encoded = [self._row_values(kind, row["attributes"], row.get("relationships") or {}, memo) for row in rows]
+            encoded = [self._row_values(kind, row["attributes"], row.get("relationships") or {}, memo, row.get("extras"))
+                       for row in rows]
             columns = {name: [values[name] for values in encoded] for name in encoded[0]}
             columns["account"] = [account] * len(rows)
             columns["seq"] = [self.next_seq(kind.table) for _ in rows]
@@ -515,18 +522,18 @@ class Store:
             return f"{self._new_ulid_prefix}{next(self._id_counter):012X}"
         return make_id(kind.id_style, account, type_, "new", next(self._id_counter), self.now().timestamp())
 
-    def insert_many(self, account: str, type_: str, records: dict[str, dict[str, Any]]) -> None:
-        """Insert many new records (id -> attributes, in order) as ``insert`` would one by one
-        (``created``/``updated`` defaulting to now), in one statement."""
+    def insert_many(self, account: str, type_: str, records: dict[str, dict[str, Any]],
+                    extras: dict[str, Any] | None = None) -> None:
+        """Insert many new records (id -> served attributes, in order) as ``insert`` would one by
+        one (``created``/``updated`` defaulting to now), each with the same ``extras``, in one statement."""
         kind = self.kind(type_)
         now = self.now()
+        stamps = [attr for attr in (kind.created_attr, kind.updated_attr) if attr]
         rows = []
         for id_, attributes in records.items():
-            attributes = dict(attributes)
-            for attr in (kind.created_attr, kind.updated_attr):
-                if attr and attributes.get(attr) is None:
-                    attributes[attr] = iso(now)
-            rows.append({"id": id_, "attributes": attributes})
+            if any(attributes.get(attr) is None for attr in stamps):
+                attributes = {**attributes, **{a: iso(now) for a in stamps if attributes.get(a) is None}}
+            rows.append({"id": id_, "attributes": attributes, "extras": extras or {}})
         self.bulk_insert(account, type_, rows, inserted_at=now)
 
     def replace_many(self, account: str, type_: str, attributes_by_id: dict[str, dict[str, Any]]) -> None:
