@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from typing import Any, Iterable
 
 import dlt
@@ -122,12 +123,14 @@ class SyncState:
 class BackgroundCommits:
     """Advances a ``SyncState`` on a background thread, in order, so the run goes on meanwhile.
 
-    What arrives while a commit runs goes out together in the next one (one load for several
-    bulk-import jobs).  ``close`` waits for everything handed over; a failed commit raises there
-    or at the next ``put`` (its rows stay unrecorded: the next run sends them again)."""
+    Commits start at most every ``min_interval`` seconds; what arrives meanwhile goes out
+    together in the next one (one load for several bulk-import jobs).  ``close`` commits what is
+    pending at once and waits for it; a failed commit raises there or at the next ``put`` (its
+    rows stay unrecorded: the next run sends them again)."""
 
-    def __init__(self, state: SyncState, run_id: str):
-        self.state, self.run_id = state, run_id
+    def __init__(self, state: SyncState, run_id: str, min_interval: float = 1.0):
+        self.state, self.run_id, self.min_interval = state, run_id, min_interval
+        self._next_commit = 0.0  # time.monotonic() before which no commit starts (unless closing)
         self._rows: list[pa.Table] = []
         self._rejects: list[tuple[str, str | None, str, str | None]] = []
         self._closed = False
@@ -162,8 +165,11 @@ class BackgroundCommits:
     def _loop(self) -> None:
         while True:
             with self._ready:
-                while not (self._rows or self._rejects or self._closed):
-                    self._ready.wait()
+                while not self._closed:
+                    wait = self._next_commit - time.monotonic()
+                    if (self._rows or self._rejects) and wait <= 0:
+                        break
+                    self._ready.wait(wait if self._rows or self._rejects else None)
                 rows, rejects = self._rows, self._rejects
                 self._rows, self._rejects = [], []
                 if not (rows or rejects):
@@ -174,3 +180,4 @@ class BackgroundCommits:
                 with self._ready:
                     self._error = exc
                 return
+            self._next_commit = time.monotonic() + self.min_interval

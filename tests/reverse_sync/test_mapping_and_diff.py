@@ -202,6 +202,7 @@ class _RecordingState:
 
 def test_background_commits_keep_order_merge_what_waits_and_report_failures():
     import threading
+    import time
 
     from klaviyo_source.reverse_sync.state import BackgroundCommits, state_table
 
@@ -216,6 +217,21 @@ def test_background_commits_keep_order_merge_what_waits_and_report_failures():
     # in order; what arrived while the first commit was held went out together in one more
     assert [key for keys, _, _ in state.commits for key in keys] == ["a", "b", "c"] and len(state.commits) <= 2
     assert [x for _, rejects, _ in state.commits for x in rejects] == ["x"] and state.commits[0][2] == "run1"
+
+    # commits at most every min_interval; closing does not wait for the interval
+    spaced = _RecordingState()
+    commits = BackgroundCommits(spaced, "run3", min_interval=60)
+    commits.put(state_table([{"identity_key": "a"}]), [])
+    deadline = time.monotonic() + 10
+    while not spaced.commits and time.monotonic() < deadline:
+        time.sleep(0.01)
+    commits.put(state_table([{"identity_key": "b"}]), [])
+    commits.put(state_table([{"identity_key": "c"}]), [])
+    time.sleep(0.2)
+    assert [keys for keys, _, _ in spaced.commits] == [["a"]]  # b and c wait for the interval
+    started = time.monotonic()
+    commits.close()
+    assert [keys for keys, _, _ in spaced.commits] == [["a"], ["b", "c"]] and time.monotonic() - started < 5
 
     failing = BackgroundCommits(_RecordingState(fail_on=1), "run2")
     failing.put(state_table([{"identity_key": "a"}]), [])
