@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,12 +34,7 @@ import dlt  # noqa: E402
 from klaviyo_source import klaviyo_source  # noqa: E402
 from klaviyo_source.pacing import PACERS  # noqa: E402
 
-from sandbox_process import start_sandbox, stop_sandbox  # noqa: E402  (bench/ is on sys.path)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from sandbox_process import cpu_seconds, start_sandbox, stop_sandbox  # noqa: E402  (bench/ is on sys.path)
 
 
 def sandbox_for(args: argparse.Namespace, rate_limits: bool) -> tuple[subprocess.Popen, str, str]:

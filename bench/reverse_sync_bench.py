@@ -28,7 +28,7 @@ from klaviyo_sandbox.control_client import ControlClient  # noqa: E402
 from klaviyo_source.reverse_sync import ReverseSyncConfig, make_client, reverse_sync  # noqa: E402
 from klaviyo_source.reverse_sync.diff import STATE_COLUMNS, plan  # noqa: E402
 
-from sandbox_process import start_sandbox, stop_sandbox  # noqa: E402  (bench/ is on sys.path)
+from sandbox_process import cpu_seconds, start_sandbox, stop_sandbox  # noqa: E402  (bench/ is on sys.path)
 
 
 def audience(n: int, offset: int = 0) -> pa.Table:
@@ -62,9 +62,11 @@ def bench_push(n: int, workdir: Path, scale: float, batch_size: int) -> None:
     try:
         client = make_client(api_key, base_url, rate_limit_scale=scale)
         started = time.monotonic()
+        cpu_before, sandbox_before = cpu_seconds(), cpu_seconds(proc.pid)
         report = reverse_sync({**CONFIG, "batch_size": batch_size}, destination=destination, dataset_name="bench_data", client=client,
                               pipelines_dir=str(workdir / "rs"), on_batch=_progress(started))
         elapsed = time.monotonic() - started
+        client_cpu, sandbox_cpu = cpu_seconds() - cpu_before, cpu_seconds(proc.pid)
         members = len(ControlClient(base_url, api_key).members("list", report.list_id))
         by_bucket = dict(client.stats.by_bucket)
         tiers = client.tiers()
@@ -74,6 +76,9 @@ def bench_push(n: int, workdir: Path, scale: float, batch_size: int) -> None:
               f"rate-limit floor for those requests {floor:.1f}s")
         print(f"  report: sent {report.sent}, added {report.added_to_list}, rejected {report.rejected}; "
               f"list members in the sandbox: {members}")
+        if sandbox_cpu is not None:
+            print(f"  CPU during the push: reverse sync {client_cpu:.1f} s (state commits included), "
+                  f"sandbox {sandbox_cpu - sandbox_before:.1f} s (accepting and processing the jobs)")
         # pacing buckets are per path (e.g. GET and POST /api/lists share one)
         paths = sorted((name.split(" ", 1)[1], count) for name, count in by_bucket.items())
         print("  requests per path: " + ", ".join(f"{path} x{count}" for path, count in paths))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -41,3 +42,16 @@ def start_sandbox(*, seed: int, profiles: int, events: int, rate_limits: bool, s
 def stop_sandbox(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU seconds (user + system) used so far by this process, or by process ``pid`` (Linux
+    ``/proc``; None where it cannot be read)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
