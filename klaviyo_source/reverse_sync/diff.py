@@ -164,15 +164,25 @@ def prepare_sql(config: ReverseSyncConfig, schema: pa.Schema) -> tuple[str, list
     return sql, fields
 
 
-def _json_value(column: str, arrow_type: pa.DataType) -> str:
-    """SQL for a prepared value as JSON text; datetimes in ISO 8601, as Python's JSON encoders write them."""
+def _jsonable(expr: str, arrow_type: pa.DataType, depth: int = 0) -> str:
+    """SQL for a prepared value whose ``to_json`` is what Python's JSON encoders write: datetimes
+    in ISO 8601, inside lists and structs too."""
     if pa.types.is_timestamp(arrow_type):
-        local = f"timezone('UTC', CAST({column} AS TIMESTAMPTZ))" if arrow_type.tz else f"CAST({column} AS TIMESTAMP)"
+        local = f"timezone('UTC', CAST({expr} AS TIMESTAMPTZ))" if arrow_type.tz else f"CAST({expr} AS TIMESTAMP)"
         micros = f"microsecond({local}) % 1000000"
         iso = (f"strftime({local}, '%Y-%m-%dT%H:%M:%S') || CASE WHEN {micros} <> 0 "
                f"THEN '.' || lpad(CAST({micros} AS VARCHAR), 6, '0') ELSE '' END")
-        return f"to_json({iso} || '+00:00')" if arrow_type.tz else f"to_json({iso})"
-    return f"CAST(to_json({column}) AS VARCHAR)"
+        return f"({iso} || '+00:00')" if arrow_type.tz else f"({iso})"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        item = _jsonable(f"x{depth}", arrow_type.value_type, depth + 1)
+        return expr if item == f"x{depth}" else f"list_transform({expr}, lambda x{depth}: {item})"
+    if pa.types.is_struct(arrow_type):
+        fields = [(f.name, _jsonable(f"struct_extract({expr}, {_lit(f.name)})", f.type, depth + 1)) for f in arrow_type]
+        if all(value == f"struct_extract({expr}, {_lit(name)})" for name, value in fields):
+            return expr
+        packed = ", ".join(f"{q(name)} := {value}" for name, value in fields)
+        return f"CASE WHEN {expr} IS NOT NULL THEN struct_pack({packed}) END"
+    return expr
 
 
 def body_sql(config: ReverseSyncConfig, schema: pa.Schema) -> str:
@@ -180,7 +190,7 @@ def body_sql(config: ReverseSyncConfig, schema: pa.Schema) -> str:
     non-null values only (null cannot clear there), ``location.*`` and ``properties.*`` nested,
     named properties over the JSON column's keys (which are sent as they are, nulls included)."""
     def pair(key: str, target: str) -> str:
-        value = _json_value(q(target), schema.field(config.columns[target]).type)
+        value = f"CAST(to_json({_jsonable(q(target), schema.field(config.columns[target]).type)}) AS VARCHAR)"
         return f"CASE WHEN {q(target)} IS NOT NULL THEN {_lit(orjson.dumps(key).decode() + ':')} || {value} END"
 
     def any_present(targets: list[str]) -> str:

@@ -122,7 +122,7 @@ def test_payload_builders():
 
 def test_bulk_import_bodies_built_by_the_plan():
     """Each row's profile resource: nulls left out, location and properties nested, named
-    properties over the JSON column's keys, datetimes in ISO 8601."""
+    properties over the JSON column's keys, datetimes in ISO 8601 (inside lists and structs too)."""
     import datetime as dt
 
     import orjson
@@ -132,7 +132,7 @@ def test_bulk_import_bodies_built_by_the_plan():
         "name": "t", "table": "aud", "identifiers": {"email": "email", "phone_number": "phone"},
         "attributes": {"first_name": "fn", "location": {"city": "city", "latitude": "lat"}},
         "properties": {"ltv": "ltv", "when": "when", "naive": "naive", "day": "day", "tags": "tags",
-                       "over": "over", "s": "s"},
+                       "over": "over", "s": "s", "dates": "dates"},
         "properties_json": "extra"})
     rows = pa.table({
         "email": ["a@x.com", "b@x.com", "c@x.com"], "phone": [None, "+14155550100", None],
@@ -142,7 +142,11 @@ def test_bulk_import_bodies_built_by_the_plan():
                           dt.datetime(1960, 5, 1, 0, 0, 0, 999999, tzinfo=utc)], pa.timestamp("us", tz="UTC")),
         "naive": pa.array([dt.datetime(2024, 1, 1, 10), None, dt.datetime(2024, 1, 1, 10, 0, 0, 120000)], pa.timestamp("us")),
         "day": pa.array([dt.date(2024, 1, 2), None, None]), "tags": pa.array([["a", "b"], None, []]),
-        "over": ["named", None, "named2"], "s": pa.array([{"a": 1, "b": "x"}, None, {"a": None, "b": "y"}]),
+        "over": ["named", None, "named2"],
+        "s": pa.array([{"a": 1, "b": "x", "at": dt.datetime(2024, 3, 1, 8, tzinfo=utc)}, None,
+                       {"a": None, "b": "y", "at": None}], pa.struct([("a", pa.int64()), ("b", pa.string()),
+                                                                        ("at", pa.timestamp("us", tz="UTC"))])),
+        "dates": pa.array([[dt.datetime(2024, 1, 1, 9, 30)], None, [None, dt.datetime(2024, 1, 2)]], pa.list_(pa.timestamp("us"))),
         "extra": ['{"vip": true, "over": "json", "z": null, "nested": {"k": [1, 2]}}', None, '{"over": "json2"}'],
     })
     bodies = [orjson.loads(b) for b in plan(config, rows, empty_state()).upserts.column("__body").to_pylist()]
@@ -151,13 +155,15 @@ def test_bulk_import_bodies_built_by_the_plan():
             "email": "a@x.com", "first_name": 'Ä "q" \\ \n', "location": {"city": "Paris", "latitude": 48.85},
             "properties": {"vip": True, "over": "named", "z": None, "nested": {"k": [1, 2]}, "ltv": 1.5,
                            "when": "2024-01-01T10:00:00+00:00", "naive": "2024-01-01T10:00:00", "day": "2024-01-02",
-                           "tags": ["a", "b"], "s": {"a": 1, "b": "x"}}}},
+                           "tags": ["a", "b"], "s": {"a": 1, "b": "x", "at": "2024-03-01T08:00:00+00:00"},
+                           "dates": ["2024-01-01T09:30:00"]}}},
         {"type": "profile", "attributes": {"email": "b@x.com", "phone_number": "+14155550100",
                                            "properties": {"when": "2024-01-01T10:00:00.000500+00:00"}}},
         {"type": "profile", "attributes": {
             "email": "c@x.com", "location": {"latitude": 1.0},
             "properties": {"over": "named2", "ltv": 1e20, "when": "1960-05-01T00:00:00.999999+00:00",
-                           "naive": "2024-01-01T10:00:00.120000", "tags": [], "s": {"a": None, "b": "y"}}}},
+                           "naive": "2024-01-01T10:00:00.120000", "tags": [], "s": {"a": None, "b": "y", "at": None},
+                           "dates": [None, "2024-01-02T00:00:00"]}}},
     ]
 
 
