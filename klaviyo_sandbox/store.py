@@ -226,9 +226,9 @@ def extra_column(name: str) -> str:
     return "x_" + name
 
 
-def _dig(attributes: dict[str, Any], path: str | tuple[str, ...]) -> Any:
+def _dig(attributes: dict[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = attributes
-    for part in path.split(".") if isinstance(path, str) else path:
+    for part in path:
         if not isinstance(node, dict):
             return None
         node = node.get(part)
