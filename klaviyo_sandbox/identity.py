@@ -150,7 +150,7 @@ def _patch_properties(properties: dict[str, Any], patch: dict[str, Any] | None) 
 def merged_attributes(current: dict[str, Any], incoming: dict[str, Any], *, nulls_clear: bool,
                       patch_properties: dict[str, Any] | None = None) -> dict[str, Any]:
     """The profile attributes after applying ``incoming`` to ``current`` (Klaviyo semantics, see module doc)."""
-    result = {k: v for k, v in current.items()}
+    result = dict(current)
     for key, value in incoming.items():
         if key in ("_kx", "anonymous_id"):
             continue
@@ -183,12 +183,16 @@ def merged_attributes(current: dict[str, Any], incoming: dict[str, Any], *, null
     return result
 
 
+_NEW_SERVED = {name: None for name in ("email", "phone_number", "external_id", "first_name", "last_name",
+                                       "organization", "locale", "title", "image", "location", "properties",
+                                       "last_event_date")}
+_NEW_LOCATION = {name: None for name in LOCATION_FIELDS}
+
+
 def new_served_attributes(incoming: dict[str, Any]) -> dict[str, Any]:
     """A new profile's served attributes: every one present (null when not given)."""
-    base: dict[str, Any] = {name: None for name in ("email", "phone_number", "external_id", "first_name", "last_name", "organization", "locale", "title", "image")}
-    base["location"] = {name: None for name in LOCATION_FIELDS}
-    base["properties"] = {}
-    base["last_event_date"] = None
+    base = dict(_NEW_SERVED)
+    base["location"], base["properties"] = dict(_NEW_LOCATION), {}
     return merged_attributes(base, incoming, nulls_clear=False)
 
 
