@@ -30,6 +30,7 @@ from .state import BackgroundCommits, SyncState
 from .writer import KlaviyoWriter, ReverseSyncError, batches, make_client
 
 SAMPLE_SIZE = 5
+FINAL_JOB_HOLD = 5.0  # seconds state loads wait while the last bulk job is awaited
 STATE_FIELDS = ("identity_key", "profile_hash", "present_fields", "profile_id", "list_id", "list_name", "in_list",
                 "consent_hash", "job_id")
 
@@ -271,11 +272,12 @@ class _Pusher:
         in_flight: deque[tuple[int, int, int, str, float]] = deque()
         commits = BackgroundCommits(self.state, self.report.run_id)
         try:
-            submitted = 0
+            submitted, all_submitted = 0, False
             while True:
-                while len(in_flight) < self.config.jobs_in_flight:
+                while not all_submitted and len(in_flight) < self.config.jobs_in_flight:
                     span = next(spans, None)
                     if span is None:
+                        all_submitted = True
                         break
                     start, end = span
                     job_id = self.writer.submit_import(bodies.slice(start, end - start).to_pylist(), list_id)
@@ -284,6 +286,8 @@ class _Pusher:
                 if not in_flight:
                     break
                 number, start, end, job_id, submitted_at = in_flight.popleft()
+                if all_submitted and not in_flight:
+                    commits.hold(FINAL_JOB_HOLD)  # the last job: its state goes out with what is pending
                 attributes = self.writer.wait_import(job_id, submitted_at)
                 job = upserts.slice(start, end - start)
                 failures = self.writer.import_failures(job_id, attributes, job.column("__body").to_pylist())

@@ -148,6 +148,12 @@ class BackgroundCommits:
             self._rejects.extend(rejects)
             self._ready.notify()
 
+    def hold(self, seconds: float) -> None:
+        """Start no commit for ``seconds`` (unless closed): the run expects to close soon, and one
+        load at the end beats one now and another right after it."""
+        with self._ready:
+            self._next_commit = max(self._next_commit, time.monotonic() + seconds)
+
     def close(self, raise_failure: bool = True) -> None:
         """Commit what is pending and stop; raises the failure of any commit (unless told not to,
         when another error is already on its way)."""

@@ -239,6 +239,16 @@ def test_background_commits_keep_order_merge_what_waits_and_report_failures():
     commits.close()
     assert [keys for keys, _, _ in spaced.commits] == [["a"], ["b", "c"]] and time.monotonic() - started < 5
 
+    # held (the run expects to close soon): nothing starts until close, which commits at once
+    held = _RecordingState()
+    commits = BackgroundCommits(held, "run4")
+    commits.hold(60)
+    commits.put(state_table([{"identity_key": "a"}]), [])
+    time.sleep(0.2)
+    assert held.commits == []
+    commits.close()
+    assert [keys for keys, _, _ in held.commits] == [["a"]]
+
     failing = BackgroundCommits(_RecordingState(fail_on=1), "run2")
     failing.put(state_table([{"identity_key": "a"}]), [])
     with pytest.raises(OSError, match="went away"):
