@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 import requests
@@ -173,6 +174,7 @@ def test_bulk_import_jobs_run_in_the_background_in_arrival_order(sb, api):
     deadline = dt.datetime.now() + dt.timedelta(seconds=30)
     while sb.import_jobs.get(sb.accounts[0].id, accepted[-1]["id"]).status != "complete":  # no client poll
         assert dt.datetime.now() < deadline, "the jobs never ran"
+        time.sleep(0.01)
     jobs = [sb.import_jobs.get(sb.accounts[0].id, job["id"]) for job in accepted]
     assert [job.polls for job in jobs] == [0, 0, 0] and all(job.status == "complete" for job in jobs)
     assert jobs[0].completed_at <= jobs[1].started_at and jobs[1].completed_at <= jobs[2].started_at
