@@ -205,7 +205,7 @@ class ImportJobs:
         """Write the job's profiles (one batch upsert) and list memberships; records a failure on the job."""
         try:
             self._write(job)
-        except BaseException as exc:  # noqa: BLE001 - surfaced by _complete in the polling request
+        except BaseException as exc:  # noqa: BLE001 - raised by the next read of the job
             job.failure = exc
         job.profiles = []  # written: import errors keep their own payloads; free the rest
 

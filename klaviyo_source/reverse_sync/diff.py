@@ -185,37 +185,42 @@ def _jsonable(expr: str, arrow_type: pa.DataType, depth: int = 0) -> str:
     return expr
 
 
-def body_sql(config: ReverseSyncConfig, schema: pa.Schema) -> str:
+def _object_sql(members: list[str]) -> str:
+    """SQL for a JSON object's text from ``"key":value`` member expressions (NULL members left out)."""
+    return "'{' || concat_ws(',', " + ", ".join(members) + ") || '}'" if members else "'{}'"
+
+
+def body_sql(config: ReverseSyncConfig, schema: pa.Schema) -> tuple[dict[str, str], str]:
     """SQL over prepared rows for each one's bulk-import ``profile`` resource as JSON text:
     non-null values only (null cannot clear there), ``location.*`` and ``properties.*`` nested,
-    named properties over the JSON column's keys (which are sent as they are, nulls included)."""
-    def pair(key: str, target: str) -> str:
+    named properties over the JSON column's keys (which are sent as they are, nulls included).
+
+    Returns (helper columns, name -> SQL, to select first; the body expression over them): each
+    helper is written and computed once, not at every place the body uses it."""
+    def member(key: str, target: str) -> str:
         value = f"CAST(to_json({_jsonable(q(target), schema.field(config.columns[target]).type)}) AS VARCHAR)"
         return f"CASE WHEN {q(target)} IS NOT NULL THEN {_lit(orjson.dumps(key).decode() + ':')} || {value} END"
-
-    def any_present(targets: list[str]) -> str:
-        return " OR ".join(f"{q(t)} IS NOT NULL" for t in targets) or "false"
 
     top = [t for t in config.columns if not t.startswith(("location.", "properties."))]
     location = [t for t in config.columns if t.startswith("location.")]
     named = [t for t in config.columns if t.startswith("properties.")]
-    parts = [pair(t, t) for t in top]
+    parts = [member(t, t) for t in top]
     if location:
-        inner = ", ".join(pair(t[9:], t) for t in location)
-        parts.append(f"""CASE WHEN {any_present(location)} THEN '"location":{{' || concat_ws(',', {inner}) || '}}' END""")
-    named_object = "'{' || concat_ws(',', " + ", ".join(pair(t[11:], t) for t in named) + ") || '}'" if named else "'{}'"
+        present = " OR ".join(f"{q(t)} IS NOT NULL" for t in location)
+        parts.append(f"""CASE WHEN {present} THEN '"location":' || {_object_sql([member(t[9:], t) for t in location])} END""")
+    helpers = {"__named_props": _object_sql([member(t[11:], t) for t in named])}
     if config.properties_json:
         # the JSON column's keys, less those a named property sets, then the named ones appended
-        dropped = ("'{' || concat_ws(',', " + ", ".join(
-            f"CASE WHEN {q(t)} IS NOT NULL THEN {_lit(orjson.dumps(t[11:]).decode() + ':null')} END" for t in named)
-            + ") || '}'") if named else "'{}'"
-        kept = f"json_merge_patch(coalesce(__props_json, '{{}}'), {dropped})"
-        properties = (f"CASE WHEN {kept} = '{{}}' THEN {named_object} WHEN {named_object} = '{{}}' THEN {kept} "
-                      f"ELSE substr({kept}, 1, length({kept}) - 1) || ',' || substr({named_object}, 2) END")
+        dropped = _object_sql([f"CASE WHEN {q(t)} IS NOT NULL THEN {_lit(orjson.dumps(t[11:]).decode() + ':null')} END"
+                               for t in named])
+        helpers["__kept_props"] = f"json_merge_patch(coalesce(__props_json, '{{}}'), {dropped})"
+        helpers["__props"] = ("CASE WHEN __kept_props = '{}' THEN __named_props WHEN __named_props = '{}' "
+                              "THEN __kept_props ELSE substr(__kept_props, 1, length(__kept_props) - 1) || ',' "
+                              "|| substr(__named_props, 2) END")
     else:
-        properties = named_object
-    parts.append(f"""CASE WHEN ({properties}) <> '{{}}' THEN '"properties":' || ({properties}) END""")
-    return """'{"type":"profile","attributes":{' || concat_ws(',', """ + ", ".join(parts) + ") || '}}'"
+        helpers["__props"] = "__named_props"
+    parts.append("""CASE WHEN __props <> '{}' THEN '"properties":' || __props END""")
+    return helpers, """'{"type":"profile","attributes":{' || concat_ws(',', """ + ", ".join(parts) + ") || '}}'"
 
 
 def plan(config: ReverseSyncConfig, rows: pa.Table, state: pa.Table, list_id: str | None = None) -> Plan:
@@ -273,8 +278,10 @@ def plan(config: ReverseSyncConfig, rows: pa.Table, state: pa.Table, list_id: st
         })
         con.execute("CREATE TEMP TABLE decided AS SELECT * FROM diffed "
                     "WHERE __changed OR __needs_list OR __needs_consent").fetchall()
-        upserts = con.sql(f"SELECT *, {body_sql(config, rows.schema)} AS __body FROM decided "
-                          "WHERE __changed OR __needs_list ORDER BY __row").to_arrow_table()
+        helpers, body = body_sql(config, rows.schema)  # helper columns may use earlier ones (DuckDB aliases)
+        upserts = con.sql(f"SELECT * EXCLUDE ({', '.join(helpers)}), {body} AS __body FROM ("
+                          f"SELECT *, {', '.join(f'{sql} AS {name}' for name, sql in helpers.items())} FROM decided "
+                          "WHERE __changed OR __needs_list) ORDER BY __row").to_arrow_table()
         consents = con.sql("SELECT * FROM decided WHERE __needs_consent ORDER BY __row").to_arrow_table()
         clears, decided = con.sql("SELECT count(*) FILTER (WHERE len(__cleared) > 0), count(*) FROM decided"
                                   ).fetchall()[0]

@@ -186,4 +186,5 @@ class BackgroundCommits:
                 with self._ready:
                     self._error = exc
                 return
-            self._next_commit = time.monotonic() + self.min_interval
+            with self._ready:  # never earlier than a hold set while this commit ran
+                self._next_commit = max(self._next_commit, time.monotonic() + self.min_interval)
