@@ -310,7 +310,7 @@ def filters(ctx: RequestContext) -> list[Condition]:
         if op.filter_required:
             example = op.parameters.get("filter", {}).get("schema", {}).get("example", "")
             raise invalid(f"A filter is required for this endpoint (for example filter={example}).", parameter="filter")
-        return []
+        return with_archived_hidden(op, [])
     if not op.filters:
         raise invalid("'filter' is not a valid parameter for this endpoint.", parameter="filter")
     conditions = parse_filter(raw)
@@ -322,6 +322,14 @@ def filters(ctx: RequestContext) -> list[Condition]:
     if op.operation_id == "get_coupon_codes" and not any(c.field in ("coupon.id", "profile.id") for c in conditions):
         raise invalid("A filter on coupon.id or profile.id is required, e.g. filter=equals(coupon.id,'SUMMER').",
                       parameter="filter")
+    return with_archived_hidden(op, conditions)
+
+
+def with_archived_hidden(op: Any, conditions: list[Condition]) -> list[Condition]:
+    """Klaviyo lists archived records (get_campaigns, get_flows: the operations whose filter offers
+    ``archived``) only when the filter names ``archived``; otherwise it serves the non-archived ones."""
+    if "archived" in op.filters and not any(c.field == "archived" for c in conditions):
+        return [*conditions, Condition("archived", "equals", False)]
     return conditions
 
 

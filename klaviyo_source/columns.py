@@ -136,6 +136,11 @@ def item_schema(stream: Stream) -> dict[str, Any]:
     return resolve(body["properties"]["data"]["items"])
 
 
+def filter_operators(stream: Stream) -> dict[str, tuple[str, ...]]:
+    """The ``filter`` fields the spec allows on the stream's list endpoint, with their operators."""
+    return dict(spec().operation("GET", stream.path).filters)
+
+
 def additional_field_values(stream: Stream) -> tuple[str, ...]:
     """Values the spec allows for ``additional-fields[<type>]`` on this endpoint."""
     operation = spec().operation("GET", stream.path)

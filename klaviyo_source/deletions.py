@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from klaviyo_source.errors import KlaviyoConfigError
-from klaviyo_source.filters import combine, condition, utc_now
+from klaviyo_source.filters import combine, utc_now
+from klaviyo_source.partitions import read_partitions
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,10 @@ def deleted_at_hint(mode: str) -> dict[str, dict[str, Any]]:
 
 
 def live_ids(client: Any, stream: Any) -> set[str]:
-    """Every id the endpoint serves now (all partitions), with a sparse fieldset to keep pages small."""
+    """Every id the endpoint serves now (every partition, archived or not), with a sparse fieldset
+    to keep pages small."""
     ids: set[str] = set()
-    partitions = [[condition(op, field, value) for op, field, value in p.conditions] for p in stream.partitions] or [[]]
-    for conditions in partitions:
+    for conditions in read_partitions(stream):
         params: dict[str, Any] = dict(stream.params)
         if stream.page_size:
             params["page[size]"] = stream.page_size

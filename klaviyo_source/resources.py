@@ -22,6 +22,7 @@ from klaviyo_source.columns import Column, stream_columns
 from klaviyo_source.deletions import deleted_at_hint, with_sweep
 from klaviyo_source.errors import KlaviyoConfigError
 from klaviyo_source.filters import clamp_to_now, combine, condition, parse_datetime, range_conditions, to_utc, utc_now
+from klaviyo_source.partitions import read_partitions
 from klaviyo_source.streams import Stream
 
 
@@ -178,9 +179,7 @@ class StreamReader:
 
     def tasks(self, start: datetime | None, end: datetime | None) -> list[Callable[[], Iterable[Any]]]:
         stream = self.stream
-        partitions = [
-            [condition(op, field, value) for op, field, value in p.conditions] for p in stream.partitions
-        ] or [[]]
+        partitions = read_partitions(stream)
         tasks: list[Callable[[], Iterable[Any]]] = []
         now = utc_now()
         for partition in partitions:

@@ -52,7 +52,8 @@ def test_campaigns_require_channel_filter(api, sandbox):
         body = api.ok("/api/campaigns", filter=f"equals(messages.channel,'{channel}')")
         ids = {c["id"] for c in body["data"]}
         truth = {r.id for r in sandbox.store.all(api.account, "campaign")
-                 if sandbox.store.execute("SELECT channel FROM campaigns WHERE id = ?", [r.id]).fetchone()[0] == channel}
+                 if sandbox.store.execute("SELECT channel FROM campaigns WHERE id = ?", [r.id]).fetchone()[0] == channel
+                 and not r.attributes["archived"]}  # archived ones only when the filter asks
         assert ids == truth and ids
     archived = api.ok("/api/campaigns", filter="equals(messages.channel,'email'),equals(archived,true)")["data"]
     assert all(c["attributes"]["archived"] for c in archived)
@@ -235,3 +236,21 @@ def test_additional_fields_profile_count_and_flow_definition(api, sandbox):
         action_ids = [a["id"] for a in api.ok(f"/api/flows/{flow['id']}/flow-actions")["data"]]
         assert [a["id"] for a in definition["actions"]] == action_ids
         assert definition["entry_action_id"] == action_ids[0] and len(definition["triggers"]) == 1
+
+
+@pytest.mark.parametrize("path,channel_filter", [("/api/flows", ""), ("/api/campaigns", "equals(messages.channel,'email')")])
+def test_archived_records_are_listed_only_when_the_filter_asks(api, sandbox, path, channel_filter):
+    # Klaviyo leaves archived campaigns and flows out unless the filter says equals(archived,...)
+    type_ = _store_type(path.rsplit("/", 1)[1])
+    base = [channel_filter] if channel_filter else []
+    served = {r["id"]: r["attributes"]["archived"] for r in api.all_pages(path, **({"filter": ",".join(base)} if base else {}))}
+    archived = {r["id"] for r in api.all_pages(path, filter=",".join(base + ["equals(archived,true)"]))}
+    live = {r["id"] for r in api.all_pages(path, filter=",".join(base + ["equals(archived,false)"]))}
+    assert archived and not any(served.values())
+    assert set(served) == live and not live & archived
+    truth = {r.id for r in sandbox.store.all(api.account, type_)}
+    if not channel_filter:
+        assert live | archived == truth
+    # the single-record endpoint still serves an archived record
+    one = next(iter(archived))
+    assert api.ok(f"{path}/{one}")["data"]["attributes"]["archived"] is True

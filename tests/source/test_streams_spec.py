@@ -6,6 +6,7 @@ import pytest
 
 from klaviyo_sandbox.spec import load_spec
 from klaviyo_source.columns import relationship_is_to_one, stream_columns
+from klaviyo_source.partitions import read_partitions
 from klaviyo_source.streams import ALL_STREAMS
 
 # rows read by the generic factory (rows with a custom ``factory`` are checked by their owner's tests)
@@ -86,5 +87,25 @@ def test_columns_cover_every_spec_attribute(stream):
 
 def test_campaigns_read_every_channel_archived_or_not():
     campaigns = next(s for s in STREAMS if s.name == "campaigns")
-    seen = {(dict((f, v) for _, f, v in p.conditions)["messages.channel"], dict((f, v) for _, f, v in p.conditions)["archived"]) for p in campaigns.partitions}
-    assert seen == {(c, a) for c in ("email", "sms", "mobile_push") for a in (False, True)}
+    assert sorted(read_partitions(campaigns)) == sorted(
+        [f"equals(messages.channel,'{c}')", f"equals(archived,{a})"] for c in ("email", "sms", "mobile_push")
+        for a in ("false", "true"))
+
+
+@pytest.mark.parametrize("stream", STREAMS, ids=lambda s: s.name)
+def test_endpoints_with_an_archived_filter_are_read_archived_and_not(stream):
+    # Klaviyo lists archived records only when the filter names `archived`
+    slices = read_partitions(stream)
+    if "archived" in op(stream).filters:
+        assert {s[-1] for s in slices} == {"equals(archived,false)", "equals(archived,true)"}
+        assert len(slices) == 2 * max(1, len(stream.partitions))
+    else:
+        assert not any("archived" in c for s in slices for c in s)
+
+
+def test_flows_and_campaigns_are_the_spec_endpoints_with_an_archived_filter():
+    offered = {path for (method, path), operation in SPEC.operations.items()
+               if method == "GET" and "archived" in operation.filters}
+    assert offered == {"/api/flows", "/api/campaigns"}
+    # the sweep and the child reads (flow actions, campaign messages) list their parents through them
+    assert {s.parent for s in STREAMS if s.parent} >= {"flows", "campaigns"}
