@@ -9,8 +9,9 @@
   members; members that left get ``removed_at`` (rows are kept, never silently dropped).  The
   pass runs when the group's last pass is older than ``full_pass_every`` (default daily) or on
   every run for groups of at most ``small_group_size`` stored members.
-* A group deleted mid-run (its member endpoints answer 404) is skipped; the ``lists`` /
-  ``segments`` deletion sweep marks the group itself ``deleted_at``.
+* A group that is gone (no longer listed, or its member endpoints answer 404 mid-run) has all its
+  stored members marked ``removed_at`` in that run; the ``lists`` / ``segments`` deletion sweep
+  marks the group itself ``deleted_at``.
 """
 
 from __future__ import annotations
@@ -142,7 +143,11 @@ def read_memberships(client: Any, table: str, group: Group, options: MembershipO
     passes: dict[str, str] = state.setdefault("last_full_pass", {})
     now = utc_now()
     stored = stored_members(table, group)
-    for group_id in group_ids(client, group):
+    listed = group_ids(client, group)
+    for group_id in sorted(set(stored) - set(listed)):
+        # the group is gone (the lists/segments sweep marks it deleted_at): so are its members
+        yield from _group_gone(group, group_id, stored[group_id], now, cursors, passes)
+    for group_id in listed:
         try:
             joined_now: set[str] = set()
             latest = cursors.get(group_id)
@@ -165,9 +170,21 @@ def read_memberships(client: Any, table: str, group: Group, options: MembershipO
         except KlaviyoAPIError as exc:
             if not _not_found(exc):
                 raise
-            # deleted between listing and reading its members: the lists/segments sweep records it
-            log.warning("%s %s vanished mid-run (404); its members are left as they are", group.type, group_id)
-            cursors.pop(group_id, None)
+            # deleted between listing and reading its members (the lists/segments sweep marks the
+            # group itself on its next listing)
+            log.warning("%s %s vanished mid-run (404)", group.type, group_id)
+            yield from _group_gone(group, group_id, stored.get(group_id, {}), now, cursors, passes)
+
+
+def _group_gone(group: Group, group_id: str, members: dict[str, Any], now: datetime,
+                cursors: dict[str, str], passes: dict[str, str]) -> Iterator[pa.Table]:
+    """Rows marking every stored member of a vanished group ``removed_at``; its state is forgotten
+    (should it come back, its members are read again from the start)."""
+    cursors.pop(group_id, None)
+    passes.pop(group_id, None)
+    if members:
+        log.info("%s %s: gone; marking its %d member(s) removed_at", group.type, group_id, len(members))
+        yield _table(group, group_id, sorted(members.items()), now)
 
 
 def make_members_resource(stream: Any, client: Any, options: Any = None,

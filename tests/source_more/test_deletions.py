@@ -18,6 +18,7 @@ def test_deleted_resources_get_deleted_at_and_removed_members_removed_at(runner)
 
     # delete one record of every swept kind, and remove two members of a list
     doomed = {table: truth(sb, type_)[-1] for table, type_ in SWEPT.items()}
+    doomed_members = {p for p, _ in sb.store.members(sb.account.id, "list", doomed["lists"].id)}
     for table, record in doomed.items():
         assert sb.control.delete(SWEPT[table], record.id)
     kept_list = next(r for r in truth(sb, "list") if len(sb.store.members(sb.account.id, "list", r.id)) >= 3)
@@ -37,7 +38,8 @@ def test_deleted_resources_get_deleted_at_and_removed_members_removed_at(runner)
     assert subject == doomed["templates"].attributes.get("html")
 
     removed = set(runner.rows("SELECT list_id, profile_id FROM list_members WHERE removed_at IS NOT NULL"))
-    assert removed == {(kept_list.id, p) for p in leavers}
+    # members who left, and every member of the deleted list
+    assert removed == {(kept_list.id, p) for p in leavers} | {(doomed["lists"].id, p) for p in doomed_members}
     assert runner.count("list_members") == members_before  # rows kept, not dropped
     (joined,) = runner.rows(f"SELECT count(*) FROM list_members WHERE removed_at IS NOT NULL "
                             f"AND joined_group_at IS NULL")[0]
@@ -92,3 +94,52 @@ def test_list_deleted_mid_run_with_404_members_does_not_fail_the_run(runner):
     loaded = {r[0] for r in runner.rows("SELECT DISTINCT list_id FROM list_members")}
     expected = {r.id for r in lists if sb.store.members(sb.account.id, "list", r.id)} - {vanishing}
     assert loaded == expected and expected
+
+
+def _members(sb, group: str, group_id: str) -> set[str]:
+    return {p for p, _ in sb.store.members(sb.account.id, group, group_id)}
+
+
+def test_members_of_a_deleted_list_or_segment_get_removed_at(runner):
+    sb = runner.sb
+    resources = ["lists", "segments", "list_members", "segment_members"]
+    runner.run(resources)
+    doomed = {group: next(r for r in truth(sb, group) if len(_members(sb, group, r.id)) >= 2)
+              for group in ("list", "segment")}
+    members = {group: _members(sb, group, record.id) for group, record in doomed.items()}
+    for group, record in doomed.items():
+        assert sb.control.delete(group, record.id)
+
+    runner.run(resources)
+    for group, record in doomed.items():
+        table, key = f"{group}_members", f"{group}_id"
+        assert runner.rows(f"SELECT deleted_at IS NOT NULL FROM {group}s WHERE id = '{record.id}'") == [(True,)]
+        removed = {r[0] for r in runner.rows(f"SELECT profile_id FROM {table} WHERE {key} = '{record.id}' "
+                                             "AND removed_at IS NOT NULL")}
+        assert removed == members[group], table
+        # members of the other groups are untouched, and no row is dropped
+        assert runner.count(table, "removed_at IS NOT NULL") == len(members[group]), table
+        assert runner.count(table, f"{key} = '{record.id}'") == len(members[group]), table
+
+    # a later run leaves the marks as they were
+    stamps = set(runner.rows("SELECT profile_id, removed_at FROM list_members WHERE removed_at IS NOT NULL"))
+    runner.run(resources)
+    assert set(runner.rows("SELECT profile_id, removed_at FROM list_members WHERE removed_at IS NOT NULL")) == stamps
+
+
+def test_members_of_a_list_answering_404_get_removed_at_and_return_if_it_comes_back(runner):
+    sb = runner.sb
+    runner.run(["list_members"])
+    record = next(r for r in truth(sb, "list") if len(_members(sb, "list", r.id)) >= 2)
+    members = _members(sb, "list", record.id)
+    # listed, but its member endpoints answer 404: deleted between the listing and the member reads
+    sb.control.set_faults({"rules": [{"match": f"/api/lists/{record.id}/profiles", "kind": "error", "status": 404}]})
+    runner.run(["list_members"])
+    removed = {r[0] for r in runner.rows(f"SELECT profile_id FROM list_members WHERE list_id = '{record.id}' "
+                                         "AND removed_at IS NOT NULL")}
+    assert removed == members
+    assert runner.count("list_members", "removed_at IS NOT NULL") == len(members)
+
+    sb.control.set_faults(None)
+    runner.run(["list_members"])
+    assert runner.count("list_members", f"list_id = '{record.id}' AND removed_at IS NULL") == len(members)
