@@ -208,6 +208,6 @@ def make_members_resource(stream: Any, client: Any, options: Any = None,
             "joined_group_at": {"data_type": "timestamp", "timezone": True, "nullable": True,
                                 "description": f"when the profile joined the {group.type}"},
             "removed_at": {"data_type": "timestamp", "timezone": True, "nullable": True,
-                           "description": "when a full-membership pass found the profile no longer in the group"},
+                           "description": "when the profile was found no longer in the group, or the group deleted"},
         },
     )
