@@ -28,6 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from klaviyo_source.cleaning import CleaningDecoder
 from klaviyo_source.columns import SEPARATOR, Column
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -229,7 +230,8 @@ class PageConverter:
         self._known_attributes = {c.path[1] for c in self.columns if len(c.path) > 1 and c.path[0] == "attributes"}
         self.schema = pa.schema([pa.field(c.name, ARROW_TYPES[c.kind]) for c in self.columns])
         self._plan = _Plan(self.columns)
-        self.decoder = self._plan.decoder  # msgspec decoder for a whole page
+        # msgspec decoder for a whole page; NUL and lone surrogates are cleaned out first (cleaning.py)
+        self.decoder = CleaningDecoder(self._plan.decoder)
 
     def convert_page(self, page: Any) -> pa.Table:
         """Table from a page decoded with ``self.decoder`` (the fast path)."""

@@ -22,6 +22,7 @@ import pyarrow as pa
 from dlt.extract.resource import DltResource
 
 from klaviyo_source.arrow import PageConverter
+from klaviyo_source.cleaning import CLEAN_ORJSON
 from klaviyo_source.columns import stream_columns
 from klaviyo_source.deletions import live_ids
 from klaviyo_source.errors import KlaviyoAPIError
@@ -78,7 +79,7 @@ def read_children(client: Any, stream: Any, converter: PageConverter, since: Any
         params["filter"] = combine(range_conditions(stream.cursor_field, stream.cursor_operators, since, None))
     for pid in parent_ids(client, parent):
         try:
-            for document in client.pages(stream.path.format(id=pid), params):
+            for document in client.pages(stream.path.format(id=pid), params, decoder=CLEAN_ORJSON):
                 table = converter.convert(document.get("data") or [])
                 if table.num_rows:
                     if column in table.column_names:
