@@ -10,8 +10,12 @@ every destination alike, the page body is rewritten before decoding:
   surrogate pairs (emoji written as escapes) are kept.
 
 Raw control characters cannot occur in valid JSON strings, so the escapes are the only way these
-values arrive.  The check is a few byte searches over the body; pages without a match (nearly
-all) are decoded as they came, and only a page that holds a marker is rewritten escape by escape.
+values arrive.  This is the hot path, so the happy path costs one ``memchr`` over the body:
+
+* a body without a backslash (the common case) has no escape at all and is decoded as it came;
+* NUL decodes fine, so a body with a backslash is searched for ``\\u0000`` and rewritten if found;
+* a lone surrogate makes both decoders (msgspec, orjson) fail, so such a body is rewritten only
+  after a failed decode, and decoded again.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
 import orjson
 
 # every backslash escape, so that an escaped backslash (\\) followed by "u0000" is not read as NUL
@@ -43,8 +48,9 @@ def _fix(match: re.Match[bytes]) -> bytes:
 
 
 def needs_cleaning(body: bytes) -> bool:
-    """Whether a JSON body may hold a NUL or a lone surrogate escape (cheap byte searches)."""
-    return b"\\u0000" in body or b"\\ud" in body or b"\\uD" in body
+    """Whether a JSON body holds a NUL escape (a lone surrogate shows up as a decode error instead)."""
+    first = body.find(b"\\")  # memchr: bodies without any escape are the common case
+    return first >= 0 and body.find(b"\\u0000", first) >= 0
 
 
 def clean_json(body: bytes) -> bytes:
@@ -54,22 +60,42 @@ def clean_json(body: bytes) -> bytes:
         body: a JSON document as received.
 
     Returns:
-        The same bytes object when there is nothing to clean, else the rewritten document.
+        The same bytes object when it holds no escape at all, else the rewritten document.
     """
-    if not needs_cleaning(body):
+    if body.find(b"\\") < 0:
         return body
     return _ESCAPE.sub(_fix, body)
 
 
+_DECODE_ERRORS = (msgspec.DecodeError, orjson.JSONDecodeError)
+
+
 class CleaningDecoder:
-    """Wraps a decoder (``msgspec.json.Decoder`` or ``orjson``) so every body is cleaned first."""
+    """Wraps a decoder (``msgspec.json.Decoder`` or ``orjson``) so values no destination can store
+    are cleaned out of every body it decodes."""
 
     def __init__(self, inner: Any):
         self.inner = inner
 
     def decode(self, body: bytes) -> Any:
-        """Decode ``body`` after :func:`clean_json`."""
-        return self.inner.decode(clean_json(body))
+        """Decode ``body``, cleaned by :func:`clean_json` when it holds a NUL or a lone surrogate.
+
+        Args:
+            body: a JSON document as received.
+
+        Returns:
+            What the wrapped decoder makes of the (cleaned) body; its own error when the body is
+            broken for another reason (e.g. truncated).
+        """
+        if needs_cleaning(body):
+            return self.inner.decode(clean_json(body))
+        try:
+            return self.inner.decode(body)
+        except _DECODE_ERRORS:
+            cleaned = clean_json(body)
+            if cleaned == body:
+                raise
+            return self.inner.decode(cleaned)
 
 
 class _Orjson:

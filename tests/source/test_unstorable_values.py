@@ -60,3 +60,18 @@ def test_clean_pages_are_decoded_unchanged():
     assert table.column("first_name").to_pylist() == ["Zoë"]
     assert orjson.loads(table.column("properties")[0].as_py()) == {"emoji": "🎉", "path": "\\\\"}
     assert isinstance(table, pa.Table)
+
+
+def test_a_broken_body_still_fails_as_before():
+    import msgspec
+    import pytest
+
+    from klaviyo_source.cleaning import CLEAN_ORJSON
+
+    converter = PageConverter(stream_columns(STREAMS["profiles"]))
+    body = _body({"first_name": "aBSLnb", "properties": {"x": "yNUL"}})
+    with pytest.raises(msgspec.DecodeError):
+        converter.decoder.decode(body[:-20])  # cut mid-document: a truncated body is retried by the client
+    with pytest.raises(orjson.JSONDecodeError):
+        CLEAN_ORJSON.decode(body[:-20])
+    assert CLEAN_ORJSON.decode(body)["data"][0]["attributes"]["properties"] == {"x": "y"}
