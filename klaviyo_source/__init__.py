@@ -18,6 +18,7 @@ from klaviyo_source import settings
 from klaviyo_source.client import KlaviyoClient, buckets_for
 from klaviyo_source.errors import KlaviyoConfigError, KlaviyoSourceError, describe
 from klaviyo_source.filters import parse_datetime, parse_duration, utc_now
+from klaviyo_source.load_ids import stamp_load_ids
 from klaviyo_source.deletions import check_mode
 from klaviyo_source.memberships import MembershipOptions
 from klaviyo_source.reports import ReportOptions
@@ -159,7 +160,7 @@ def klaviyo_source(
                               initial_days=int(report_initial_days), conversion_metric=conversion_metric),
     )
     options.reports.zone()  # one-line error for an unknown timezone, before any request
-    built = [make_resource(stream, client, options) for stream in selected]
+    built = [stamp_load_ids(make_resource(stream, client, options)) for stream in selected]
     if not resources:  # rows that are costly or niche load only when named (docs/tables.md)
         for resource, stream in zip(built, selected):
             resource.selected = stream.default_selected

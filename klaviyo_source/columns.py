@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from klaviyo_source.naming import SEPARATOR, column_name, hashed
 from klaviyo_source.streams import Stream
 
 KINDS = ("string", "timestamp", "date", "bool", "int", "float", "json")
@@ -23,7 +24,6 @@ DLT_TYPES = {
     "float": "double",
     "json": "json",
 }
-SEPARATOR = "__"
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def _flatten(schema: dict[str, Any], path: tuple[str, ...], name: tuple[str, ...
         kind = "json"
     else:
         kind = _scalar_kind(schema)
-    return [Column(SEPARATOR.join(name), path, kind, (schema.get("description") or "").split("\n")[0][:200])]
+    return [Column(column_name(name), path, kind, (schema.get("description") or "").split("\n")[0][:200])]
 
 
 def item_schema(stream: Stream) -> dict[str, Any]:
@@ -177,7 +177,19 @@ def stream_columns(stream: Stream, enabled_fields: tuple[str, ...] = ()) -> list
         )
     for promoted in stream.promoted:
         columns.append(Column(promoted.column, promoted.path, promoted.kind, f"from {'.'.join(promoted.path[1:])}"))
-    return columns
+    return _unique_names(columns)
+
+
+def _unique_names(columns: list[Column]) -> list[Column]:
+    """A shortened name that another column already has falls back to the hashed form (naming.py)."""
+    seen: set[str] = set()
+    out = []
+    for column in columns:
+        if column.name in seen and column.path[0] == "attributes":
+            column = Column(hashed(SEPARATOR.join(column.path[1:])), column.path, column.kind, column.description)
+        seen.add(column.name)
+        out.append(column)
+    return out
 
 
 def relationship_is_to_one(stream: Stream, relation: str) -> bool:

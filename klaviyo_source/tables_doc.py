@@ -29,6 +29,19 @@ def render_reference() -> str:
         "(`flatten_properties=True` flattens them instead).  Generated from `klaviyo_source/streams.py`",
         "and the OpenAPI spec by `python -m klaviyo_source.tables_doc`.",
         "",
+        "**Same names on every destination.**  No column name is longer than 63 characters",
+        "(PostgreSQL's limit, past which dlt would shorten it with a hash of its own), so DuckDB,",
+        "PostgreSQL and this page agree.  A longer path is shortened by one rule (`klaviyo_source/naming.py`):",
+        "the last segment drops the words its path already says",
+        "(`subscriptions__sms__transactional__can_receive_sms_transactional` ->",
+        "`subscriptions__sms__transactional__can_receive`); if that is not enough, the name is cut to",
+        "54 characters plus `_` and 8 hex digits of its SHA-256.  Tables loaded by earlier versions keep",
+        "their old long column (DuckDB) or dlt's hashed one (PostgreSQL), no longer filled for new rows.",
+        "",
+        "**`_dlt_load_id`** is on every row of every table: the id of the load that wrote the row",
+        "(join `_dlt_loads` on `load_id` for its time and status).  The source stamps it itself, so",
+        "it is there whatever pipeline runs the source (the CLI, Airflow, your own `dlt.pipeline`).",
+        "",
     ]
     names = [s.name for s in ALL_STREAMS]
     source = klaviyo_source(api_key="documentation-only", resources=names, predictive_analytics=True)

@@ -109,3 +109,33 @@ def test_flows_and_campaigns_are_the_spec_endpoints_with_an_archived_filter():
     assert offered == {"/api/flows", "/api/campaigns"}
     # the sweep and the child reads (flow actions, campaign messages) list their parents through them
     assert {s.parent for s in STREAMS if s.parent} >= {"flows", "campaigns"}
+
+
+@pytest.mark.parametrize("stream", STREAMS, ids=lambda s: s.name)
+def test_column_names_fit_every_destination_unchanged(stream):
+    # PostgreSQL cuts identifiers at 63 characters (dlt then hashes): names must fit by design
+    # and be left as they are by dlt's naming convention, so every destination has the same
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    naming = NamingConvention()
+    for column in stream_columns(stream, stream.additional_fields + stream.optional_fields):
+        assert len(column.name) <= 63, column.name
+        assert naming.normalize_path(column.name) == column.name, column.name
+
+
+def test_long_column_names_are_shortened_by_the_documented_rule():
+    from klaviyo_source.naming import column_name, hashed
+
+    assert column_name(("location", "city")) == "location__city"
+    # rule 1: the last segment loses the words its path already says
+    assert column_name(("subscriptions", "sms", "transactional", "can_receive_sms_transactional")) == \
+        "subscriptions__sms__transactional__can_receive"
+    assert column_name(("subscriptions", "mobile_push", "marketing", "can_receive_push_marketing")) == \
+        "subscriptions__mobile_push__marketing__can_receive"
+    # rule 2: still too long, nothing left to drop, or the short name is taken: cut + stable hash
+    long = ("properties", "a_very_long_custom_property_key_that_nobody_would_ever_shorten_by_hand")
+    assert column_name(long) == hashed("__".join(long)) == column_name(long)
+    assert len(column_name(long)) == 63 and column_name(long).startswith("properties__a_very_long")
+    taken = {"subscriptions__sms__transactional__can_receive"}
+    name = column_name(("subscriptions", "sms", "transactional", "can_receive_sms_transactional"), taken)
+    assert name not in taken and len(name) <= 63
