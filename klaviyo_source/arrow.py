@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from klaviyo_source.cleaning import CleaningDecoder
-from klaviyo_source.columns import SEPARATOR, Column
+from klaviyo_source.columns import Column
+from klaviyo_source.flatten import BagFlattener
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 ARROW_TYPES = {
@@ -109,23 +110,6 @@ def _infer(values: list[Any]) -> pa.Array:
     if pa.types.is_null(array.type):
         return array.cast(pa.string())
     return array
-
-
-def _flatten_bag(name: str, bags: list[Any]) -> dict[str, list[Any]]:
-    """Flatten free-form objects dlt-style: ``properties__key``, nested dicts recursively."""
-    keys: dict[str, None] = {}
-    for bag in bags:
-        if bag:
-            keys.update(dict.fromkeys(bag))
-    out: dict[str, list[Any]] = {}
-    for key in keys:
-        values = [(bag or _EMPTY).get(key) if isinstance(bag, dict) else None for bag in bags]
-        column = f"{name}{SEPARATOR}{key}"
-        if any(isinstance(v, dict) for v in values):
-            out.update(_flatten_bag(column, values))
-        else:
-            out[column] = values
-    return out
 
 
 _NULL = b"null"
@@ -224,14 +208,33 @@ class _Plan:
 class PageConverter:
     """Converts a page's records into a pyarrow table with a fixed column plan."""
 
-    def __init__(self, columns: Sequence[Column], flatten_bags: bool = False):
+    def __init__(self, columns: Sequence[Column], flatten_bags: bool | Sequence[str] = False):
+        """Args:
+            columns: the column plan (``columns.stream_columns``).
+            flatten_bags: names of free-form JSON columns to flatten into columns (flatten.py);
+                True: every top-level JSON attribute.
+        """
         self.columns = list(columns)
-        self.flatten_bags = flatten_bags
+        bags = [c.name for c in self.columns if c.kind == "json" and c.path[0] == "attributes" and len(c.path) == 2]
+        wanted = bags if flatten_bags is True else [b for b in (flatten_bags or ()) if b in bags]
+        self.flatteners = {name: BagFlattener(name) for name in wanted}
         self._known_attributes = {c.path[1] for c in self.columns if len(c.path) > 1 and c.path[0] == "attributes"}
         self.schema = pa.schema([pa.field(c.name, ARROW_TYPES[c.kind]) for c in self.columns])
         self._plan = _Plan(self.columns)
         # msgspec decoder for a whole page; NUL and lone surrogates are cleaned out first (cleaning.py)
         self.decoder = CleaningDecoder(self._plan.decoder)
+
+    def keep_claims(self, claims: dict[str, list[str]]) -> None:
+        """Keep the owners of flattened columns in ``claims`` (the resource state's dict), so a
+        column holds the same key run after run (flatten.py)."""
+        for flattener in self.flatteners.values():
+            flattener.claims = claims
+
+    def _flatten(self, name: str, bags: list[Any], arrays: dict[str, pa.Array]) -> None:
+        columns, rest = self.flatteners[name].flatten(bags)
+        arrays[name] = _json_text(rest)  # what has no column of its own (NULL when nothing)
+        for column, values in columns.items():
+            arrays[column] = _infer(values)
 
     def convert_page(self, page: Any) -> pa.Table:
         """Table from a page decoded with ``self.decoder`` (the fast path)."""
@@ -293,14 +296,10 @@ class PageConverter:
         for column in self.columns:
             if column.name in promoted:
                 arrays[column.name] = promoted[column.name]
+            elif column.name in self.flatteners:
+                bags = [None if r is None else orjson.loads(bytes(r) or b"null") for r in at(column.path)]
+                self._flatten(column.name, bags, arrays)
             elif column.kind == "json":
-                raws = at(column.path)
-                if self.flatten_bags and column.path[0] == "attributes" and len(column.path) == 2:
-                    bags = [None if r is None else orjson.loads(bytes(r) or b"null") for r in raws]
-                    if any(isinstance(b, dict) and b for b in bags):
-                        for name, column_values in _flatten_bag(column.name, bags).items():
-                            arrays[name] = _infer(column_values)
-                        continue
                 arrays[column.name] = _raw_text(raw_at(column.path))
             else:
                 arrays[column.name] = to_array(at(column.path), column.kind)
@@ -328,12 +327,9 @@ class PageConverter:
         values = self._lists(records)
         arrays: dict[str, pa.Array] = {}
         for column in self.columns:
-            if self.flatten_bags and column.kind == "json" and column.path[0] == "attributes" and len(column.path) == 2:
-                bags = values[column.path]
-                if any(isinstance(b, dict) and b for b in bags):
-                    for name, column_values in _flatten_bag(column.name, bags).items():
-                        arrays[name] = _infer(column_values)
-                    continue
+            if column.name in self.flatteners:
+                self._flatten(column.name, values[column.path], arrays)
+                continue
             arrays[column.name] = to_array(values[column.path], column.kind)
         # attributes Klaviyo sent that the spec does not describe are kept, not dropped
         attributes = values.get(("attributes",), [])

@@ -149,7 +149,8 @@ class StreamReader:
         self.client = client
         self.options = options
         self.columns = table_columns(stream, options)
-        self.converter = PageConverter(self.columns, flatten_bags=options.flatten_properties)
+        self.converter = PageConverter(
+            self.columns, flatten_bags=stream.custom_properties if options.flatten_properties else ())
 
     def _read(self, conditions: list[str]) -> Iterator[list[Any]]:
         params = _base_params(self.stream, self.options)
@@ -242,6 +243,12 @@ def resolve_metric_ids(client: KlaviyoClient, wanted: Sequence[str]) -> list[str
     return list(dict.fromkeys(ids))
 
 
+def keep_claims(reader: StreamReader, stream: Stream) -> None:
+    """Flattened property columns keep their owner key across runs (in the resource state)."""
+    if reader.converter.flatteners:
+        reader.converter.keep_claims(dlt.current.resource_state(stream.name).setdefault("flattened_columns", {}))
+
+
 def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -> DltResource:
     """The dlt resource for one stream row (arrow tables, merge/replace per the row)."""
     logfilter.install()
@@ -250,11 +257,7 @@ def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -
 
         return custom_resource(stream, client, options)
     reader = StreamReader(stream, client, options)
-    hints = {
-        c.name: c.dlt_hint()
-        for c in reader.columns
-        if not (options.flatten_properties and c.kind == "json" and c.name in stream.json_columns)
-    }
+    hints = {c.name: c.dlt_hint() for c in reader.columns}
     if stream.incremental and stream.write_disposition == "merge" and stream.lookback == "none":
         # a record read twice in one load (window overlaps, re-reads) keeps its latest version
         hints[stream.cursor_field]["dedup_sort"] = "desc"
@@ -278,6 +281,7 @@ def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -
     if not stream.incremental:
 
         def read_all() -> Iterator[pa.Table]:
+            keep_claims(reader, stream)
             yield from with_sweep(stream, client, reader.read(), full_read=True, mode=options.deletions)
 
         resource = dlt.resource(read_all, **common)
@@ -294,6 +298,7 @@ def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -
         )
 
         def read_incremental(cursor: Optional[Incremental[Any]] = cursor_default) -> Iterator[pa.Table]:
+            keep_claims(reader, stream)
             start = cursor.start_value if cursor is not None else options.start_date
             end = cursor.end_value if cursor is not None else options.end_date
             start = to_utc(start) if start is not None else None

@@ -57,6 +57,7 @@ class Stream:
     extra_rate_tiers: tuple[tuple[str, RateTier], ...] = ()  # (additional field, its own tier)
     relationships: tuple[str, ...] = ()  # to-one relationships -> "<name>_id" columns
     json_columns: tuple[str, ...] = ()  # free-form attribute bags stored as JSON
+    custom_properties: tuple[str, ...] = ()  # of those, the user-defined ones `flatten_properties` flattens
     promoted: tuple[Promoted, ...] = ()
     timestamp_columns: tuple[str, ...] = ()  # attributes the spec types "string" that hold datetimes
     windowed: bool = False  # split long ranges into time windows fetched in parallel
@@ -94,6 +95,7 @@ STREAMS: tuple[Stream, ...] = (
         optional_fields=("predictive_analytics",),
         extra_rate_tiers=(("predictive_analytics", RateTier(10, 150)),),
         json_columns=("properties",),
+        custom_properties=("properties",),
         windowed=True,  # long ranges: `updated` windows read in parallel (1 s overlaps deduped by the merge)
         description="One row per profile; merged on id, incremental on `updated`.",
     ),
@@ -112,6 +114,7 @@ STREAMS: tuple[Stream, ...] = (
         resource_type="event",
         relationships=("metric", "profile"),
         json_columns=("event_properties",),
+        custom_properties=("event_properties",),
         promoted=(
             Promoted("value", ("attributes", "event_properties", "$value"), "float"),
             Promoted("message_id", ("attributes", "event_properties", "$message"), "string"),

@@ -6,6 +6,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -128,12 +129,16 @@ def test_page_to_arrow_flattens_types_and_keeps_bags_as_json():
 def test_flatten_properties_option():
     profiles = STREAMS["profiles"]
     converter = PageConverter(stream_columns(profiles), flatten_bags=True)
-    table = converter.convert(
-        [{"id": "P1", "attributes": {"properties": {"Plan": "gold", "nested": {"level": 2}}}}, {"id": "P2", "attributes": {}}]
-    )
-    assert table.column("properties__Plan").to_pylist() == ["gold", None]
-    assert table.column("properties__nested__level").to_pylist() == [2, None]
-    assert "properties" not in table.column_names
+    records = [{"id": "P1", "attributes": {"properties": {"Plan": "gold", "nested": {"level": 2}, "plan": "x",
+                                                         "Größe": "M", "empty": {}}}},
+               {"id": "P2", "attributes": {}}]
+    for table in (converter.convert(records),
+                  converter.convert_page(converter.decoder.decode(orjson.dumps({"data": records})))):
+        # column names as dlt would make them; keys without a column of their own stay in the JSON bag
+        assert table.column("properties__plan").to_pylist() == ["gold", None]
+        assert table.column("properties__nested__level").to_pylist() == [2, None]
+        assert [None if v is None else orjson.loads(v) for v in table.column("properties").to_pylist()] == [
+            {"plan": "x", "Größe": "M", "empty": {}}, None]
 
 
 def test_events_relationships_and_promoted_value():
