@@ -47,6 +47,16 @@ STANDARD_METRICS = [
     ("Loyalty Points Earned", "API", "API", 1),  # custom metric
     ("Subscription Renewed", "API", "API", 1),  # custom metric
 ]
+# campaign n (0-based) is "<CHANNEL> campaign <n + 1>"; email and SMS events name existing ones
+CAMPAIGN_CHANNELS = [["email", "email", "sms", "mobile_push"][n % 4] for n in range(24)]
+
+
+def _campaign_number_sql(channel: str) -> str:
+    """SQL picking, by event number i, the number of an existing campaign of that channel."""
+    numbers = [n + 1 for n, c in enumerate(CAMPAIGN_CHANNELS) if c == channel]
+    return f"list_extract({numbers}, 1 + (i % {len(numbers)})::INT)"
+
+
 PRODUCTS = [("Trail Runner Shoe", 129.0), ("Merino Sock 3-Pack", 24.5), ("Rain Shell Jacket", 189.99),
             ("Water Bottle 750 ml", 19.0), ("Café Espresso Beans", 15.75), ("Yoga Mat", 49.0), ("Headlamp", 34.95),
             ("Wool Beanie", 22.0), ("Hiking Pole (pair)", 79.0), ("Camp Mug", 12.5), ("Sunglasses", 99.0),
@@ -207,8 +217,7 @@ class Generator:
 
         # campaigns + messages
         campaigns, messages = [], []
-        for n in range(24):
-            channel = ["email", "email", "sms", "mobile_push"][n % 4]
+        for n, channel in enumerate(CAMPAIGN_CHANNELS):
             created = when()
             status = rng.choice(["Sent", "Sent", "Sent", "Draft", "Scheduled", "Cancelled"])
             scheduled = when(created) if status in ("Sent", "Scheduled", "Cancelled") else None
@@ -475,9 +484,9 @@ class Generator:
             return
         # event_properties per metric (index into STANDARD_METRICS)
         props = {
-            "Received Email": "json_object('Subject', 'News #' || (i % 24 + 1), 'Campaign Name', 'EMAIL campaign ' || (i % 24 + 1), '$message', md5(i::VARCHAR)[:6], 'Email Domain', email_domain, '$event_id', ev_id)",
-            "Opened Email": "json_object('Subject', 'News #' || (i % 24 + 1), 'Campaign Name', 'EMAIL campaign ' || (i % 24 + 1), '$message', md5(i::VARCHAR)[:6], 'Client Name', list_extract(['Gmail','Apple Mail','Outlook'], 1 + (i % 3)::INT), 'Machine Open', i % 4 = 0, '$event_id', ev_id)",
-            "Clicked Email": "json_object('Subject', 'News #' || (i % 24 + 1), 'URL', 'https://store.example/p/' || (i % 12), '$message', md5(i::VARCHAR)[:6], '$event_id', ev_id)",
+            "Received Email": f"json_object('Subject', 'News #' || {_campaign_number_sql('email')}, 'Campaign Name', 'EMAIL campaign ' || {_campaign_number_sql('email')}, '$message', md5(i::VARCHAR)[:6], 'Email Domain', email_domain, '$event_id', ev_id)",
+            "Opened Email": f"json_object('Subject', 'News #' || {_campaign_number_sql('email')}, 'Campaign Name', 'EMAIL campaign ' || {_campaign_number_sql('email')}, '$message', md5(i::VARCHAR)[:6], 'Client Name', list_extract(['Gmail','Apple Mail','Outlook'], 1 + (i % 3)::INT), 'Machine Open', i % 4 = 0, '$event_id', ev_id)",
+            "Clicked Email": f"json_object('Subject', 'News #' || {_campaign_number_sql('email')}, 'URL', 'https://store.example/p/' || (i % 12), '$message', md5(i::VARCHAR)[:6], '$event_id', ev_id)",
             "Active on Site": "json_object('$page', 'https://store.example/' || list_extract(['', 'sale', 'about', 'cart'], 1 + (i % 4)::INT), '$browser', list_extract(['Chrome','Safari','Firefox'], 1 + (i % 3)::INT), '$os', list_extract(['Mac OS X','Windows','iOS','Android'], 1 + (i % 4)::INT), '$event_id', ev_id)",
             "Viewed Product": f"json_object('ProductID', 'prod-' || pidx, 'ProductName', list_extract({products}, 1 + pidx), 'Price', list_extract({prices}, 1 + pidx), 'URL', 'https://store.example/p/' || pidx, 'Categories', ['Outdoor'], '$event_id', ev_id)",
             "Added to Cart": f"json_object('$value', list_extract({prices}, 1 + pidx), 'AddedItemProductID', 'prod-' || pidx, 'AddedItemProductName', list_extract({products}, 1 + pidx), 'AddedItemQuantity', 1 + i % 2, 'ItemNames', [list_extract({products}, 1 + pidx)], '$event_id', ev_id)",
@@ -485,9 +494,9 @@ class Generator:
             "Placed Order": f"json_object('$value', round(list_sum(list_transform(range(n_items), lambda k: list_extract({prices}, 1 + ((pidx + k) % {np_})::INT))), 2), 'OrderId', 'ORD-' || i, '$currency_code', 'USD', 'Discount Codes', CASE WHEN i % 5 = 0 THEN ['SAVE10'] ELSE [] END, 'ItemNames', list_transform(range(n_items), lambda k: list_extract({products}, 1 + ((pidx + k) % {np_})::INT)), 'Items', to_json(list_transform(range(n_items), lambda k: struct_pack(ProductID := 'prod-' || ((pidx + k) % {np_}), SKU := 'SKU-' || lpad(((pidx + k) % {np_})::VARCHAR, 3, '0') || '-0', ProductName := list_extract({products}, 1 + ((pidx + k) % {np_})::INT), Quantity := 1 + (k % 2), ItemPrice := list_extract({prices}, 1 + ((pidx + k) % {np_})::INT)))), '$extra', json_object('source', 'web', 'shipping', json_object('method', 'standard', 'cost', 4.99)), '$event_id', ev_id)",
             "Ordered Product": f"json_object('$value', list_extract({prices}, 1 + pidx), 'OrderId', 'ORD-' || (i - i % 3), 'ProductID', 'prod-' || pidx, 'SKU', 'SKU-' || lpad(pidx::VARCHAR, 3, '0') || '-0', 'ProductName', list_extract({products}, 1 + pidx), 'Quantity', 1 + i % 3, '$event_id', ev_id)",
             "Fulfilled Order": "json_object('$value', round(20 + (i % 300) * 0.5, 2), 'OrderId', 'ORD-' || i, 'FulfillmentStatus', 'fulfilled', '$event_id', ev_id)",
-            "Sent SMS": "json_object('Message Name', 'SMS campaign ' || (i % 24 + 1), 'Message Body', 'Sale today! Reply STOP to opt out', 'From Number', '+15550001111', '$event_id', ev_id)",
+            "Sent SMS": f"json_object('Message Name', 'SMS campaign ' || {_campaign_number_sql('sms')}, 'Message Body', 'Sale today! Reply STOP to opt out', 'From Number', '+15550001111', '$event_id', ev_id)",
             "Received SMS": "json_object('Message Body', list_extract(['Yes', 'STOP', 'When does it end?'], 1 + (i % 3)::INT), 'From Number', phone, '$event_id', ev_id)",
-            "Unsubscribed": "json_object('Campaign Name', 'EMAIL campaign ' || (i % 24 + 1), 'Method', 'Link', '$event_id', ev_id)",
+            "Unsubscribed": f"json_object('Campaign Name', 'EMAIL campaign ' || {_campaign_number_sql('email')}, 'Method', 'Link', '$event_id', ev_id)",
             "Subscribed to List": "json_object('List', 'Newsletter', 'Method', 'Form', '$event_id', ev_id)",
             "Loyalty Points Earned": "json_object('points', 10 * (1 + i % 20), 'reason', list_extract(['purchase', 'review', 'referral'], 1 + (i % 3)::INT), 'balance', 100 + i % 5000, '$event_id', ev_id)",
             "Subscription Renewed": "json_object('$value', 29.0, 'plan', list_extract(['monthly', 'annual'], 1 + (i % 2)::INT), 'renewal count', i % 12, '$event_id', ev_id)",
