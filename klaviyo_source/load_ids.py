@@ -19,7 +19,9 @@ LOAD_ID = "_dlt_load_id"
 LOAD_ID_HINT: dict[str, Any] = {
     "name": LOAD_ID,
     "data_type": "text",
-    "nullable": False,
+    # nullable: tables loaded by earlier versions get the column added, and ADD COLUMN ... NOT NULL
+    # fails on a table that has rows (PostgreSQL, DuckDB); those rows keep NULL until rewritten
+    "nullable": True,
     "description": "id of the load that wrote this row (see _dlt_loads)",
 }
 
@@ -51,7 +53,7 @@ def stamp(table: Any) -> Any:
     # dictionary-encoded: one string for the whole batch, not one per row
     column = pa.DictionaryArray.from_arrays(pa.nulls(table.num_rows, pa.int32()).fill_null(0),
                                             pa.array([load_id], pa.string()))
-    return table.append_column(pa.field(LOAD_ID, column.type, nullable=False), column)
+    return table.append_column(pa.field(LOAD_ID, column.type), column)
 
 
 def stamp_load_ids(resource: Any) -> Any:

@@ -41,6 +41,7 @@ def render_reference() -> str:
         "**`_dlt_load_id`** is on every row of every table: the id of the load that wrote the row",
         "(join `_dlt_loads` on `load_id` for its time and status).  The source stamps it itself, so",
         "it is there whatever pipeline runs the source (the CLI, Airflow, your own `dlt.pipeline`).",
+        "Rows loaded by earlier versions, before the column existed, keep it NULL until rewritten.",
         "",
     ]
     names = [s.name for s in ALL_STREAMS]

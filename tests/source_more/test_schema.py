@@ -65,3 +65,24 @@ def test_every_row_carries_the_load_id_of_the_load_that_wrote_it(runner):
     (second,) = {r[0] for r in runner.rows("SELECT load_id FROM _dlt_loads")} - first
     assert runner.rows(f"SELECT _dlt_load_id FROM profiles WHERE id = '{profile}'") == [(second,)]
     assert runner.count("profiles", f"_dlt_load_id = '{second}'") < runner.count("profiles")
+
+
+def test_tables_loaded_before_load_ids_get_the_column_on_the_next_run(runner, monkeypatch):
+    import klaviyo_source
+
+    # an earlier version: no _dlt_load_id column at all
+    with monkeypatch.context() as patch:
+        patch.setattr(klaviyo_source, "stamp_load_ids", lambda resource: resource)
+        runner.run(["lists", "tags"])
+    assert "_dlt_load_id" not in loaded_columns(runner)["lists"]
+    before = runner.count("lists")
+
+    sb = runner.sb
+    sb.control.set_clock(advance_seconds=5)
+    changed = sb.control.records("list")[0]["id"]
+    sb.control.update("list", changed, {"name": "Renamed"})
+    runner.run(["lists", "tags"])
+    assert runner.count("lists") == before
+    (load_id,) = runner.rows(f"SELECT _dlt_load_id FROM lists WHERE id = '{changed}'")[0]
+    assert load_id is not None
+    assert runner.count("tags", "_dlt_load_id IS NULL") == 0  # read in full every run: every row rewritten
