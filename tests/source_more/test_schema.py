@@ -86,3 +86,11 @@ def test_tables_loaded_before_load_ids_get_the_column_on_the_next_run(runner, mo
     (load_id,) = runner.rows(f"SELECT _dlt_load_id FROM lists WHERE id = '{changed}'")[0]
     assert load_id is not None
     assert runner.count("tags", "_dlt_load_id IS NULL") == 0  # read in full every run: every row rewritten
+
+
+def test_load_ids_with_dlts_own_option_on_too(runner, monkeypatch):
+    # a user's pipeline may also set dlt's option: dlt then writes the same id over the source's
+    monkeypatch.setenv("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+    runner.run(["lists"])
+    (load_id,) = {r[0] for r in runner.rows("SELECT load_id FROM _dlt_loads")}
+    assert runner.rows("SELECT DISTINCT _dlt_load_id FROM lists") == [(load_id,)]
