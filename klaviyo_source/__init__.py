@@ -14,11 +14,12 @@ from typing import Any, Optional, Sequence, Union
 import dlt
 from dlt.extract.resource import DltResource
 
-from klaviyo_source import settings
+from klaviyo_source import logfilter, settings, trace_masking
 from klaviyo_source.client import KlaviyoClient, buckets_for
 from klaviyo_source.errors import KlaviyoConfigError, KlaviyoSourceError, describe
 from klaviyo_source.filters import parse_datetime, parse_duration, utc_now
 from klaviyo_source.load_ids import stamp_load_ids
+from klaviyo_source.keys import clean_key
 from klaviyo_source.deletions import check_mode
 from klaviyo_source.memberships import MembershipOptions
 from klaviyo_source.reports import ReportOptions
@@ -27,14 +28,21 @@ from klaviyo_source.streams import ALL_STREAMS, STREAMS, Stream, streams_by_name
 
 __all__ = ["klaviyo_source", "KlaviyoSourceError", "describe", "STREAMS", "Stream"]
 
+# Whatever part of the package runs (source, reverse sync, CLI), registered keys are masked in dlt's
+# log records and runtime trace, and urllib3's DEBUG lines carry no query strings.
+logfilter.install()
+trace_masking.install()
+
 
 def _api_key(api_key: Optional[str], auth: str) -> str:
-    if api_key:
-        return api_key
+    key = clean_key(api_key)
+    if key:
+        return key
     names = settings.MATON_KEY_ENV_VARS + settings.API_KEY_ENV_VARS if auth == "maton" else settings.API_KEY_ENV_VARS
     for name in names:
-        if os.environ.get(name):
-            return os.environ[name]
+        key = clean_key(os.environ.get(name))
+        if key:
+            return key
     raise KlaviyoConfigError(
         "no Klaviyo API key: set sources.klaviyo.api_key in .dlt/secrets.toml, SOURCES__KLAVIYO__API_KEY or "
         + " / ".join(names)

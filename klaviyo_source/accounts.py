@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
-from klaviyo_source.cli_errors import EXIT_OK, EXIT_PARTIAL, EXIT_SYNC_FAILED, UsageError, register_secret
+from klaviyo_source.cli_errors import EXIT_OK, EXIT_PARTIAL, EXIT_SYNC_FAILED, UsageError
+from klaviyo_source.keys import clean_key
 from klaviyo_source.maton import DEFAULT_GATEWAY_URL, MatonClient
 from klaviyo_source.pipeline_runner import SyncOptions, SyncResult, run_sync
 
@@ -77,9 +78,11 @@ def config_targets(accounts: dict[str, str] | None = None, base_url: str | None 
     if not isinstance(accounts, dict):
         raise UsageError("sources.klaviyo.accounts must map account names to private API keys")
     targets = []
-    for name, key in accounts.items():
-        register_secret(str(key))
-        targets.append(AccountTarget(name=str(name), api_key=str(key), base_url=base_url))
+    for name, value in accounts.items():
+        key = clean_key(value)
+        if key is None:
+            raise UsageError(f"sources.klaviyo.accounts: the key of account {name!r} is empty")
+        targets.append(AccountTarget(name=str(name), api_key=key, base_url=base_url))
     return targets
 
 

@@ -22,7 +22,6 @@ from klaviyo_source.cli_errors import (
     UsageError,
     classify,
     redact,
-    register_secret,
 )
 from klaviyo_source.cli_output import Output, error_line, setup_logging
 
@@ -216,17 +215,18 @@ def resolve_api_key(auth: str | None) -> str:
     """The key for ``auth`` from the environment or ``.dlt/secrets.toml``; a one-line error if absent."""
     import dlt
 
+    from klaviyo_source.keys import clean_key
+
+    # whitespace around a key (a secrets file's trailing newline) is not part of it
     if auth == "maton":
-        key = os.environ.get("MATON_API_KEY") or dlt.secrets.get("sources.klaviyo.maton_api_key")
+        key = clean_key(os.environ.get("MATON_API_KEY")) or clean_key(dlt.secrets.get("sources.klaviyo.maton_api_key"))
         hint = "Maton API key missing: set MATON_API_KEY (or sources.klaviyo.maton_api_key in .dlt/secrets.toml)"
     else:
-        key = os.environ.get("KLAVIYO_API_KEY") or dlt.secrets.get("sources.klaviyo.api_key")
+        key = clean_key(os.environ.get("KLAVIYO_API_KEY")) or clean_key(dlt.secrets.get("sources.klaviyo.api_key"))
         hint = ("Klaviyo API key missing: set KLAVIYO_API_KEY (or sources.klaviyo.api_key in .dlt/secrets.toml), "
                 "or use --auth maton with MATON_API_KEY")
     if not key:
         raise UsageError(hint)
-    key = str(key)
-    register_secret(key)
     return key
 
 

@@ -49,22 +49,18 @@ class SyncFailed(CliError):
     exit_code = EXIT_SYNC_FAILED
 
 
-_SECRETS: set[str] = set()
-
-
 def register_secret(value: str | None) -> None:
-    """Remember a secret so ``redact`` removes it from anything printed or logged."""
-    if value and len(value) >= 6:
-        _SECRETS.add(value)
+    """Remember a secret so ``redact`` removes it (in any printed form) from anything printed or logged."""
+    from klaviyo_source.masking import SECRETS
+
+    SECRETS.add(value)
 
 
 def redact(text: str) -> str:
-    from klaviyo_source.errors import SECRETS
+    """``text`` with every registered secret masked."""
+    from klaviyo_source.masking import SECRETS
 
-    text = SECRETS(text)
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    return SECRETS(text)
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:

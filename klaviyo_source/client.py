@@ -41,7 +41,8 @@ from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_any, retry_if_exception_type, stop_after_attempt, wait_random
 
 from klaviyo_source import settings
-from klaviyo_source.errors import SECRETS, KlaviyoAPIError, KlaviyoConfigError, Masker, api_error
+from klaviyo_source.errors import KlaviyoAPIError, KlaviyoConfigError, Masker, api_error
+from klaviyo_source.keys import clean_key
 from klaviyo_source.pacing import PACERS, Pacer, RateTier
 
 
@@ -198,10 +199,16 @@ def _read_body(response: requests.Response) -> bytes:
 
 class _ParsingRESTClient(RESTClient):
     def _log_request(self, request: requests.Request, prepared_url: str) -> None:
-        # dlt sanitises the URL for its INFO line even when INFO is off (a parse and
-        # re-encode of the long next link on every page)
+        # dlt logs the query at INFO and, at DEBUG, the body: the reverse sync's bodies carry every
+        # pushed email and name and its lookups filter by email, so only method, host and path are
+        # logged at any level (and nothing is built when INFO is off: a parse of the long next link
+        # on every page)
         if dlt_logger.isEnabledFor(logging.INFO):
-            super()._log_request(request, prepared_url)
+            parts = urlsplit(prepared_url)
+            line = f"Making {request.method.upper()} request to {parts.scheme}://{parts.netloc}{parts.path}"
+            if dlt_logger.isEnabledFor(logging.DEBUG) and request.data:
+                line += f" (body of {len(request.data)} bytes)"
+            dlt_logger.info(line)
 
     def extract_response(self, response: requests.Response, data_selector: Any) -> list[Any]:
         document = getattr(response, "klaviyo_document", None)
@@ -236,12 +243,12 @@ class KlaviyoClient:
     ):
         if auth not in settings.AUTH_SCHEMES:
             raise KlaviyoConfigError(f"auth={auth!r} is unknown; use one of {', '.join(settings.AUTH_SCHEMES)}")
+        api_key = clean_key(api_key)  # a trailing newline would make the header invalid (and be printed)
         if not api_key:
             raise KlaviyoConfigError("api_key is empty; set SOURCES__KLAVIYO__API_KEY or KLAVIYO_API_KEY")
         self.base_url = base_url.rstrip("/")
         self.revision = revision
         self.mask = Masker([api_key, maton_connection])
-        SECRETS.add(api_key)
         if auth == "klaviyo-api-key":
             self.auth = APIKeyAuth(name="Authorization", api_key=f"Klaviyo-API-Key {api_key}", location="header")
         else:  # "bearer" (OAuth access token) and "maton" (Maton API key) are both bearer tokens

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import requests
+
+from klaviyo_source.masking import SECRETS, Masker
+
+__all__ = ["KlaviyoSourceError", "KlaviyoConfigError", "KlaviyoAPIError", "Masker", "SECRETS", "api_error",
+           "one_line", "find_source_error", "describe"]
 
 
 class KlaviyoSourceError(Exception):
@@ -40,28 +43,6 @@ _HINTS = {
 def one_line(text: str) -> str:
     """Collapse whitespace so a message fits on one line."""
     return " ".join(str(text).split())
-
-
-class Masker:
-    """Replaces every registered secret in a text by ``***``."""
-
-    def __init__(self, secrets: Iterable[str | None] = ()):
-        self._secrets: list[str] = []
-        for secret in secrets:
-            self.add(secret)
-
-    def add(self, secret: str | None) -> None:
-        if secret and len(secret) >= 4 and secret not in self._secrets:
-            self._secrets = sorted([*self._secrets, secret], key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
-# Every secret a source in this process was configured with; errors pass through it.
-SECRETS = Masker()
 
 
 def api_error(response: requests.Response, endpoint: str, mask: Masker) -> KlaviyoAPIError:

@@ -15,6 +15,8 @@ from typing import Any
 
 import requests
 
+from klaviyo_source.keys import clean_key
+
 DEFAULT_CTRL_URL = "https://ctrl.maton.ai"
 DEFAULT_GATEWAY_URL = "https://gateway.maton.ai"
 MATON_API_KEY_ENV = "MATON_API_KEY"
@@ -63,7 +65,7 @@ class MatonClient:
     """Connection management (``/connections``) with a Maton API key (``Authorization: Bearer``)."""
 
     def __init__(self, api_key: str | None = None, ctrl_url: str | None = None, timeout: float = 30.0) -> None:
-        api_key = api_key or os.environ.get(MATON_API_KEY_ENV)
+        api_key = clean_key(api_key) or clean_key(os.environ.get(MATON_API_KEY_ENV))
         if not api_key:
             raise MatonAuthError(f"Maton API key missing: set {MATON_API_KEY_ENV} or pass --maton-api-key")
         self._session = requests.Session()

@@ -212,13 +212,15 @@ def make_pipeline(opts: SyncOptions, progress: Any = None) -> Any:
     kwargs: dict[str, Any] = {}
     if opts.pipelines_dir:
         kwargs["pipelines_dir"] = opts.pipelines_dir
-    return dlt.pipeline(
+    from klaviyo_source.loaded_files import drop_loaded_files
+
+    return drop_loaded_files(dlt.pipeline(
         pipeline_name=opts.pipeline_name,
         destination=make_destination(opts.destination, opts.duckdb_path, opts.pipeline_name),
         dataset_name=opts.dataset_name,
         progress=progress,
         **kwargs,
-    )
+    ))
 
 
 def run_sync(opts: SyncOptions, progress: Any = None, raise_errors: bool = True) -> SyncResult:

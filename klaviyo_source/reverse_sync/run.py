@@ -22,6 +22,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from klaviyo_source.keys import clean_key
+
 from .diff import Plan, plan
 from .mapping import IDENTIFIERS, ReverseSyncConfig, build_clear
 from .report import ReverseSyncReport
@@ -91,7 +93,7 @@ def reverse_sync(
             state.commit([], local, report.run_id)
             _check_threshold(config, report, len(local))  # raises: nothing is sent
         if client is None:
-            api_key = api_key or _configured_api_key()
+            api_key = clean_key(api_key) or _configured_api_key()
             if not api_key:
                 raise ReverseSyncError("no Klaviyo API key: pass api_key, or set SOURCES__KLAVIYO__API_KEY "
                                        "or KLAVIYO_API_KEY")
@@ -149,10 +151,10 @@ def _configured_api_key() -> str | None:
     import dlt
 
     try:
-        key = dlt.secrets.get("sources.klaviyo.api_key")
+        key = clean_key(dlt.secrets.get("sources.klaviyo.api_key"))
     except Exception:  # noqa: BLE001 - no secrets provider configured
         key = None
-    return key or os.environ.get("KLAVIYO_API_KEY")
+    return key or clean_key(os.environ.get("KLAVIYO_API_KEY"))
 
 
 def _local_rejects(rejected: pa.Table) -> list[tuple[str | None, str, str | None]]:

@@ -14,6 +14,8 @@ from typing import Any
 import dlt
 import pyarrow as pa
 
+from klaviyo_source.loaded_files import drop_loaded_files
+
 PIPELINE_NAME = "klaviyo_reverse_sync"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -52,6 +54,7 @@ class Warehouse:
             dataset_name=dataset_name,
             pipelines_dir=pipelines_dir,
         )
+        drop_loaded_files(self.pipeline)  # state rows (emails) stay in the warehouse only
         self.is_duckdb = self.pipeline.destination.destination_type.endswith("duckdb")
 
     def read_arrow(self, sql: str) -> pa.Table:

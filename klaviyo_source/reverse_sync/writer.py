@@ -23,6 +23,7 @@ import orjson
 import requests
 
 from klaviyo_sandbox.spec import load_spec
+from klaviyo_source.masking import without_query
 
 MAX_JOB_PROFILES = 10_000
 MAX_JOB_BYTES = 5_000_000
@@ -80,7 +81,8 @@ def make_client(api_key: str, base_url: str, *, auth: str = "klaviyo-api-key", m
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    # a requests error quotes the URL: its query may filter by email
+    return without_query(text.splitlines()[0]) if text else type(exc).__name__
 
 
 @dataclass
