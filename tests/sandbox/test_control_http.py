@@ -127,12 +127,17 @@ def test_accounts_are_selected_by_key_and_bad_input_is_explained(sb):
     assert "pk_" not in repr(sb.control)
 
 
-def test_control_inserts_records_and_completes_jobs(sb):
+def test_control_inserts_records_and_completes_jobs(sb, monkeypatch):
     list_id = sb.control.insert("list", {"name": "Inserted By Control"})
     assert get(sb, f"/api/lists/{list_id}").json()["data"]["attributes"]["name"] == "Inserted By Control"
+    # jobs advance only when read or completed: the job is certainly pending when complete_jobs() runs
+    # (in the default mode a background worker may finish it first)
+    monkeypatch.setattr(sb.import_jobs, "start", "on_poll")
     job = requests.post(sb.base_url + "/api/profile-bulk-import-jobs", headers=sb.headers(), json={"data": {
         "type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [
             {"type": "profile", "attributes": {"email": "finished.by.control@example.com"}}]}}}}).json()["data"]
+    assert job["attributes"]["status"] == "queued"
+    assert not sb.store.find_profile(sb.accounts[0].id, email="finished.by.control@example.com")
     assert sb.control.complete_jobs() >= 1
     assert sb.store.find_profile(sb.accounts[0].id, email="finished.by.control@example.com")
     listed = get(sb, "/api/profile-bulk-import-jobs", filter='equals(status,"complete")').json()["data"]
