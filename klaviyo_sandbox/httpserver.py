@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+import time
 from socketserver import ThreadingMixIn
 from typing import Any, Callable
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
@@ -21,6 +22,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 CLOSE_AFTER_RESPONSE = "klaviyo_sandbox.close_connection"
 SOCKET = "klaviyo_sandbox.socket"  # the client socket, for faults that cut the connection
 IDLE_TIMEOUT_SECONDS = 60.0
+CLOSE_WAIT_SECONDS = 120.0  # server_close waits this long at most for requests being served
 MAX_LINE = 65536
 
 
@@ -130,16 +132,24 @@ class KeepAliveRequestHandler(WSGIRequestHandler):
 
 
 class KeepAliveServer(ThreadingMixIn, WSGIServer):
-    """Threaded WSGI server; ``server_close`` also cuts the connections still kept alive."""
+    """Threaded WSGI server; ``server_close`` ends the kept-alive connections and waits for every
+    connection thread to end.
+
+    ``on_thread_end`` runs in each connection thread as it ends (the sandbox closes the thread's
+    DuckDB cursor there: a thread still freeing DuckDB objects when the interpreter exits is
+    unwound by force and the process aborts)."""
 
     daemon_threads = True
-    block_on_close = False  # kept-alive connection threads wait on their client: don't join them
+    block_on_close = False  # joined by server_close itself, after their connections are ended
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], app: Callable) -> None:
+    def __init__(self, address: tuple[str, int], app: Callable,
+                 on_thread_end: Callable[[], None] | None = None) -> None:
         self.connections_opened = 0  # TCP connections accepted so far
         self._connections: set[socket.socket] = set()
+        self._handler_threads: set[threading.Thread] = set()
         self._connections_lock = threading.Lock()
+        self._on_thread_end = on_thread_end
         super().__init__(address, KeepAliveRequestHandler)
         self.set_app(app)
 
@@ -151,17 +161,46 @@ class KeepAliveServer(ThreadingMixIn, WSGIServer):
             else:
                 self._connections.discard(connection)
 
-    def server_close(self) -> None:
-        super().server_close()
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection on a new thread, remembered until it ends."""
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                  name=f"klaviyo-sandbox-connection-{client_address[1]}", daemon=True)
         with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._handler_threads = {t for t in self._handler_threads if t.is_alive()}
+            self._handler_threads.add(thread)
+        thread.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self._on_thread_end is not None:
+                self._on_thread_end()
+
+    def server_close(self) -> None:
+        """Close the listening socket, end every kept-alive connection and wait for their threads.
+
+        The read side is shut: a thread waiting for the next request reads end-of-file and ends;
+        a request being served gets its answer first."""
+        super().server_close()
+        deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+        ended: set[socket.socket] = set()
+        while True:
+            with self._connections_lock:
+                connections = self._connections - ended  # a thread may register its connection late
+                threads = list(self._handler_threads)
+            for connection in connections:
+                try:
+                    connection.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+            ended |= connections
+            for thread in threads:  # joined even once ended: join returns when its teardown is over
+                thread.join(0.05)
+            if not any(t.is_alive() for t in threads) or time.monotonic() >= deadline:
+                return
 
 
-def make_server(host: str, port: int, app: Callable) -> KeepAliveServer:
+def make_server(host: str, port: int, app: Callable, on_thread_end: Callable[[], None] | None = None) -> KeepAliveServer:
     """A keep-alive HTTP/1.1 server for ``app`` on ``host:port`` (port 0: any free port)."""
-    return KeepAliveServer((host, port), app)
+    return KeepAliveServer((host, port), app, on_thread_end)

@@ -100,6 +100,7 @@ class ImportJobs:
         self._queues: dict[str, deque[ImportJob]] = {}  # on_submit: per account, jobs not yet started
         self._workers: dict[str, threading.Thread] = {}  # on_submit: the account's running worker
         self._lock = threading.RLock()
+        self._closed = False
 
     def submit(self, account: str, profiles: list[dict[str, Any]], list_ids: list[str]) -> ImportJob:
         """Register a ``queued`` job; call ``schedule`` once its 202 is built."""
@@ -122,19 +123,30 @@ class ImportJobs:
                 worker.start()
 
     def _drain(self, account: str) -> None:
-        """Process the account's queued jobs one after another, until none is left."""
-        while True:
-            with self._lock:
-                queue = self._queues.get(account)
-                if not queue:
-                    self._workers.pop(account, None)
-                    return
-                job = queue.popleft()
-                job.status, job.started_at = "processing", self.store.now()
-            self._process(job)
-            with self._lock:
-                if job.failure is None:
-                    job.status, job.completed_at = "complete", self.store.now()
+        """Process the account's queued jobs one after another, until none is left (or closed)."""
+        try:
+            while True:
+                with self._lock:
+                    queue = self._queues.get(account)
+                    if not queue or self._closed:
+                        self._workers.pop(account, None)
+                        return
+                    job = queue.popleft()
+                    job.status, job.started_at = "processing", self.store.now()
+                self._process(job)
+                with self._lock:
+                    if job.failure is None:
+                        job.status, job.completed_at = "complete", self.store.now()
+        finally:
+            self.store.release_cursor()  # in this thread, before it ends (see Store.release_cursor)
+
+    def close(self) -> None:
+        """Stop starting jobs and wait for the ones being processed (their threads write to the store)."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers.values()) + [j.worker for j in self._jobs.values() if j.worker is not None]
+        for worker in workers:
+            worker.join()
 
     def get(self, account: str, job_id: str, poll: bool = False) -> ImportJob | None:
         """A job of ``account``; ``poll=True`` (a client GET of the job) moves it along."""
@@ -183,7 +195,8 @@ class ImportJobs:
 
     def _start(self, job: ImportJob) -> None:
         job.status, job.started_at = "processing", self.store.now()
-        job.worker = threading.Thread(target=self._process, args=(job,), name=f"import-job-{job.id}", daemon=True)
+        job.worker = threading.Thread(target=self._process_in_thread, args=(job,), name=f"import-job-{job.id}",
+                                      daemon=True)
         job.worker.start()
 
     def _complete(self, job: ImportJob) -> None:
@@ -200,6 +213,12 @@ class ImportJobs:
         waiting = [j for j in self._jobs.values() if j.account == job.account and j.status == "queued"]
         if waiting:
             self._start(min(waiting, key=lambda j: (j.created_at, j.id)))
+
+    def _process_in_thread(self, job: ImportJob) -> None:
+        try:
+            self._process(job)
+        finally:
+            self.store.release_cursor()
 
     def _process(self, job: ImportJob) -> None:
         """Write the job's profiles (one batch upsert) and list memberships; records a failure on the job."""

@@ -136,22 +136,29 @@ class Sandbox:
         if self._server is not None:
             return self
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = make_server(self.host, self.port, self.app)
+        self._server = make_server(self.host, self.port, self.app, on_thread_end=self.store.release_cursor)
         self._thread = threading.Thread(target=self._server.serve_forever, name="klaviyo-sandbox", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop serving: no new connection is accepted, requests being served are answered, and
+        every connection thread has ended when this returns."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.shutdown()  # the accept loop ends
+            self._server.server_close()  # kept-alive connections end; their threads are joined
             self._server = None
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join()
             self._thread = None
 
     def close(self) -> None:
+        """Stop serving, wait for background import jobs, then close the store: in this order no
+        thread is left inside DuckDB when the interpreter exits (it would abort the process)."""
         self.stop()
+        jobs = getattr(self, "import_jobs", None)
+        if jobs is not None:
+            jobs.close()
         self.store.close()
 
     def __enter__(self) -> "Sandbox":

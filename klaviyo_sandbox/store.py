@@ -293,6 +293,8 @@ class Store:
         self.clock = clock or Clock()
         self.lock = threading.RLock()
         self._local = threading.local()
+        self._cursors: set[duckdb.DuckDBPyConnection] = set()  # handed out to threads; closed by close()
+        self._cursors_lock = threading.Lock()
         self._seq: dict[str, itertools.count] = {}
         self._id_counter = itertools.count(1)
         # ulid-style ids made by new_id: a per-store random part, then a counter (unique, cheap)
@@ -309,7 +311,22 @@ class Store:
         if cur is None:
             cur = self.db.cursor()
             self._local.cursor = cur
+            with self._cursors_lock:
+                self._cursors.add(cur)
         return cur
+
+    def release_cursor(self) -> None:
+        """Close the calling thread's cursor; a thread calls it before it ends.
+
+        Left to the thread's teardown, the cursor is freed after the thread has left Python, where
+        the interpreter's exit can unwind it by force in the middle of DuckDB (the process aborts)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            return
+        self._local.cursor = None
+        with self._cursors_lock:
+            self._cursors.discard(cur)
+        cur.close()
 
     def execute(self, sql: str, params: Iterable[Any] | None = None) -> duckdb.DuckDBPyConnection:
         return self.cursor().execute(sql, list(params) if params is not None else None)
@@ -666,6 +683,14 @@ class Store:
         )
 
     def close(self) -> None:
+        """Close every cursor still open, then the database (once the threads using them are done)."""
+        with self._cursors_lock:
+            cursors, self._cursors = list(self._cursors), set()
+        for cur in cursors:
+            try:
+                cur.close()
+            except Exception:  # noqa: BLE001 - closing twice is harmless
+                pass
         try:
             self.db.close()
         except Exception:  # noqa: BLE001 - closing twice is harmless

@@ -72,3 +72,17 @@ def test_demo_end_to_end(demo_sandbox, tmp_path, capsys):
     member_emails = {p.attributes.get("email") for p in sb.store.all(account, "profile") if p.id in members}
     assert member_emails == {email for email, _ in top}
     assert {m["email"] for m in result.list_members} == member_emails  # what the demo read back from the API
+
+
+def test_demo_with_its_own_sandbox_leaves_no_daemon_thread_running(tmp_path, capsys):
+    """What `make demo` runs: when run_demo returns, every thread it started that the interpreter would
+    not wait for has ended (one still inside DuckDB at exit aborts the process after "Done")."""
+    import threading
+
+    before = set(threading.enumerate())
+    result = run_demo(profiles=120, events=1500, duckdb_path=str(tmp_path / "demo.duckdb"), out=Output("text"),
+                      progress="off")
+    assert result.list_members
+    left = [t.name for t in threading.enumerate() if t not in before and t.daemon and t.is_alive()]
+    assert left == []
+    assert "Done in" in capsys.readouterr().out
