@@ -83,7 +83,7 @@ def test_a_completed_bulk_job_starts_the_next_queued_one(world):
     jobs.get(account, first.id, poll=True)
     assert jobs.get(account, first.id, poll=True).attributes()["status"] == "complete"
     assert second.status == "processing" and second.polls == 0  # under way without being polled
-    second.worker.join(timeout=10)
+    second.worker.join()  # (the test's timeout bounds it)
     assert store.find_profile(account, email="queue.two@example.com") is not None
     # its processing is over: the first poll already shows it complete
     assert jobs.get(account, second.id, poll=True).attributes()["status"] == "complete"

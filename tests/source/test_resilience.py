@@ -82,7 +82,10 @@ def test_process_killed_mid_run_then_rerun(runner, tmp_path):
         print("finished")
     """))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    time.sleep(2.0)
+    deadline = time.monotonic() + 180
+    while sb.faults.describe()[0]["fired"] < 2:  # extraction is under way (its requests are being slowed)
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never started extracting"
+        time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
