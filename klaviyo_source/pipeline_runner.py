@@ -38,7 +38,7 @@ class SyncOptions:
     dataset_name: str = DEFAULT_DATASET_NAME
     pipeline_name: str = DEFAULT_PIPELINE_NAME
     full_refresh: Sequence[str] = ()
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never shown by repr (logs, tracebacks)
     base_url: str | None = None
     auth: str | None = None
     maton_connection: str | None = None

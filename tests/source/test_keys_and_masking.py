@@ -169,3 +169,9 @@ def test_network_failure_of_a_lookup_does_not_print_the_emails():
         writer.lookup_profile_ids("email", ["netcheck.person@example.org"])
     assert "netcheck" not in str(caught.value)
     assert "/api/profiles" in str(caught.value)
+
+
+def test_sync_options_never_show_the_key():
+    from klaviyo_source.pipeline_runner import SyncOptions
+
+    assert "pk_repr_check_123456" not in repr(SyncOptions(api_key="pk_repr_check_123456"))
