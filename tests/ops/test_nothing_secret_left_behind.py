@@ -133,6 +133,11 @@ def test_sync_reads_a_key_with_whitespace_and_leaves_it_nowhere(sandbox, tmp_pat
         assert con.execute("SELECT count(*) FROM klaviyo_data.profiles").fetchall()[0][0] == 60
     assert (run.root / "pipelines" / "klaviyo" / "trace.pickle").exists()
     _assert_nowhere(run, _needles(KEY))
+    # extracted people are in the warehouse only: not in the logs, not left in the pipeline folder
+    emails = [p.attributes["email"] for p in sandbox.store.all(sandbox.account.id, "profile")
+              if p.attributes.get("email")]
+    assert len(emails) > 30
+    _assert_nowhere(run, emails, skip_warehouse=True)
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
