@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-test install-airflow demo test bench bench-sandbox bench-extract bench-limits bench-reverse sandbox clean
+.PHONY: install install-test install-airflow demo test bench bench-sandbox bench-extract bench-limits bench-reverse bench-exits sandbox clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-limits: install
 	$(BIN)/python bench/extract_bench.py --mode limits --profiles 200000 --events 1000000
 bench-reverse: install
 	$(BIN)/python bench/reverse_sync_bench.py
+# not part of `bench`: 30 demos and 30 syncs under a CPU load (about half an hour)
+bench-exits: install
+	$(BIN)/python bench/clean_exit_bench.py
 
 sandbox: install
 	$(BIN)/klaviyo-dlt sandbox
