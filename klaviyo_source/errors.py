@@ -53,7 +53,9 @@ def api_error(response: requests.Response, endpoint: str, mask: Masker) -> Klavi
         if errors:
             first = errors[0]
             source = first.get("source") or {}
-            parts = [first.get("title"), first.get("detail")]
+            title, text = first.get("title") or "", first.get("detail") or ""
+            # Klaviyo often repeats the title as the detail ("Incorrect authentication credentials.")
+            parts = [text] if title.strip() in text else [title, text]
             where = source.get("parameter") or source.get("pointer")
             if where:
                 parts.append(f"(at {where})")

@@ -52,3 +52,47 @@ def test_runtime_imports_are_declared_dependencies():
         if not dists & (declared | provided_by_dlt):
             undeclared.append(f"{module} (from {', '.join(sorted(dists))})")
     assert not undeclared, f"imported at run time but not in [project].dependencies: {undeclared}"
+
+
+def test_license_file_matches_the_declared_license():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "Permission is hereby granted, free of charge" in text
+    assert "LICENSE" in project.get("license-files", ["LICENSE"])
+
+
+def _requirement_lines(text: str, table: str, key: str) -> list[tuple[str, list[str]]]:
+    """(requirement, comment lines just above it or on its line) for one dependency array."""
+    lines = text.split(f"{key} = [", 1)[1].split("\n]", 1)[0].splitlines() if table == "project" else []
+    found, comments = [], []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comments.append(stripped)
+        elif stripped.startswith('"'):
+            requirement = stripped.split('"')[1]
+            trailing = stripped.split("#", 1)[1:] if "#" in stripped.split('"')[2] else []
+            found.append((requirement, comments + trailing))
+            comments = []
+    return found
+
+
+def test_every_pinned_dependency_says_why():
+    text = (ROOT / "pyproject.toml").read_text()
+    pinned = [(req, why) for req, why in _requirement_lines(text, "project", "dependencies") if re.search(r"[<>=~]", req)]
+    assert pinned and all(why for _, why in pinned), [req for req, why in pinned if not why]
+
+
+def test_dlt_range_spans_more_than_one_minor():
+    """A single-minor pin clashes with the dlt version of the project it is installed into."""
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (requirement,) = [r for r in project["dependencies"] if r.startswith("dlt")]
+    spec = SpecifierSet(requirement.split("]", 1)[1])
+    import dlt
+
+    assert dlt.__version__ in spec
+    minors = {f"1.{minor}.0" for minor in range(0, 60)}
+    assert len([v for v in minors if v in spec]) > 1, requirement

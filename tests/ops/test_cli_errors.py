@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from klaviyo_source.cli_errors import EXIT_AUTH, EXIT_OK, EXIT_USAGE
+from klaviyo_source.cli_errors import EXIT_AUTH, EXIT_OK, EXIT_SYNC_FAILED, EXIT_USAGE
 
 WRONG_KEY = "pk_wrong_0123456789abcdef0123456789"
 
@@ -103,3 +103,97 @@ def test_json_mode_errors_are_json_lines(cli):
 
     error = json.loads(line)
     assert error["level"] == "error" and error["exit_code"] == EXIT_USAGE and "--start-date" in error["message"]
+
+
+def test_klaviyo_error_detail_appears_once(cli, sandbox, tmp_path, monkeypatch):
+    monkeypatch.setenv("KLAVIYO_API_KEY", WRONG_KEY)
+    run = cli("sync", "profiles", "--base-url", sandbox.base_url, "--duckdb-path", str(tmp_path / "k.duckdb"),
+              "--progress", "off")
+    assert run.code == EXIT_AUTH
+    (line,) = [line for line in run.err_lines if line.startswith("klaviyo-dlt: error:")]
+    assert line.count("Incorrect authentication credentials") == 1, line
+
+
+@pytest.mark.postgres
+def test_missing_postgres_password_names_the_field(cli, sandbox, postgres_dsn, monkeypatch):
+    monkeypatch.delenv("DESTINATION__POSTGRES__CREDENTIALS__PASSWORD", raising=False)
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", "postgresql://postgres@127.0.0.1:5432/test")
+    monkeypatch.setenv("KLAVIYO_API_KEY", sandbox.api_key)
+    run = cli("sync", "metrics", "--destination", "postgres", "--base-url", sandbox.base_url, "--progress", "off")
+    assert run.code == EXIT_USAGE
+    (line,) = [line for line in run.err_lines if line.startswith("klaviyo-dlt: error:")]
+    assert "Traceback" not in run.err
+    assert "password" in line and "DESTINATION__POSTGRES__CREDENTIALS__PASSWORD" in line, line
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["sync", "reverse-sync"])
+def test_unreachable_postgres_is_a_run_failure_naming_the_server(cli, sandbox, monkeypatch, command):
+    """One rule: anything that fails while connecting to Klaviyo or the destination exits 1."""
+    port = _closed_port()
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", f"postgresql://postgres:postgres@127.0.0.1:{port}/test")
+    monkeypatch.setenv("KLAVIYO_API_KEY", sandbox.api_key)
+    if command == "sync":
+        run = cli("sync", "metrics", "--destination", "postgres", "--base-url", sandbox.base_url, "--progress", "off")
+    else:
+        run = cli("reverse-sync", "--destination", "postgres", "--table", "profiles", "--email", "email",
+                  "--list-name", "x", "--create-list", "--dry-run")
+    assert run.code == EXIT_SYNC_FAILED, run.err
+    line = [line for line in run.err_lines if line.startswith("klaviyo-dlt: error:")][-1]
+    assert "127.0.0.1" in line and str(port) in line and "refused" in line, line
+
+
+def test_missing_duckdb_directory_shows_the_cause(cli, sandbox, tmp_path, monkeypatch):
+    monkeypatch.setenv("KLAVIYO_API_KEY", sandbox.api_key)
+    path = str(tmp_path / "no" / "such" / "dir" / "k.duckdb")
+    for argv in (("sync", "metrics", "--base-url", sandbox.base_url, "--progress", "off"),
+                 ("reverse-sync", "--table", "profiles", "--email", "email", "--list-name", "x", "--dry-run")):
+        run = cli(*argv, "--duckdb-path", path)
+        assert run.code == EXIT_SYNC_FAILED, run.err
+        line = [line for line in run.err_lines if line.startswith("klaviyo-dlt: error:")][-1]
+        assert "No such file or directory" in line and path in line, line
+        assert "check if you configured" not in line
+
+
+def _without_file_permission_override() -> list[str]:
+    """As root, files' permission bits do not apply; run the CLI without that capability."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("running as root needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def test_read_only_duckdb_file_shows_the_cause(sandbox, tmp_path):
+    import duckdb
+
+    path = tmp_path / "read_only.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE SCHEMA klaviyo_data; CREATE TABLE klaviyo_data.profiles AS SELECT 'a@b.co' AS email")
+    path.chmod(0o444)
+    env = {**os.environ, "KLAVIYO_API_KEY": sandbox.api_key}
+    script = os.path.join(os.path.dirname(sys.executable), "klaviyo-dlt")
+    for argv in (["sync", "metrics", "--base-url", sandbox.base_url, "--progress", "off"],
+                 ["reverse-sync", "--table", "profiles", "--email", "email", "--list-name", "x", "--dry-run"]):
+        done = subprocess.run([*_without_file_permission_override(), script, *argv, "--duckdb-path", str(path),
+                               "--pipelines-dir", str(tmp_path / "p")],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == EXIT_SYNC_FAILED, done.stderr
+        line = [line for line in done.stderr.splitlines() if line.startswith("klaviyo-dlt: error:")][-1]
+        assert "Permission denied" in line and str(path) in line, line
+        assert "check if you configured" not in line
+
+
+def test_help_states_the_exit_code_rule(cli):
+    run = cli("--help")
+    assert "network" in run.out and "1 run failed" in run.out, run.out
