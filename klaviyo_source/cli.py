@@ -53,10 +53,27 @@ def _add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipelines-dir", help="where dlt keeps pipeline working folders (default ~/.dlt/pipelines)")
 
 
+def version_line() -> str:
+    """``klaviyo-dlt 0.1.0 (dlt 1.31.0)``: this package's and dlt's installed versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("klaviyo-dlt")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        ours = "unknown"
+    try:
+        theirs = version("dlt")
+    except PackageNotFoundError:
+        theirs = "not installed"
+    return f"{PROG} {ours} (dlt {theirs})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Klaviyo ELT with dlt: sync, reverse sync, sandbox, demo.",
                      epilog=EXIT_CODES_HELP)
     _add_common(parser, top=True)
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print the versions of klaviyo-dlt and dlt and exit")
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
 
     sync = sub.add_parser("sync", help="extract Klaviyo into a destination", epilog=EXIT_CODES_HELP)
@@ -88,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="sandbox → DuckDB → SQL → reverse sync, in under a minute")
     _add_common(demo, top=False)
-    demo.add_argument("--profiles", type=int, default=2000)
-    demo.add_argument("--events", type=int, default=50000)
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--duckdb-path", default="klaviyo_demo.duckdb")
+    demo.add_argument("--profiles", type=int, default=2000, help="profiles the sandbox generates (default 2000)")
+    demo.add_argument("--events", type=int, default=50000, help="events the sandbox generates (default 50000)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the generated data (default 7)")
+    demo.add_argument("--duckdb-path", default="klaviyo_demo.duckdb",
+                      help="DuckDB file the demo writes, replaced on every run (default ./klaviyo_demo.duckdb)")
     demo.add_argument("--no-reverse-sync", action="store_true", help="stop after the analyst query")
 
     conns = sub.add_parser("connections", help="manage Maton connections (MATON_API_KEY)")
@@ -99,12 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     conns.add_argument("--ctrl-url", help="Maton connection API (default https://ctrl.maton.ai or MATON_CTRL_URL)")
     csub = conns.add_subparsers(dest="action", metavar="action", parser_class=_Parser, required=True)
     c_list = csub.add_parser("list", help="list connections")
-    c_list.add_argument("--app", default="klaviyo")
-    c_list.add_argument("--status", choices=("ACTIVE", "PENDING", "FAILED"))
+    c_list.add_argument("--app", default="klaviyo", help="Maton app of the connections (default klaviyo)")
+    c_list.add_argument("--status", choices=("ACTIVE", "PENDING", "FAILED"),
+                        help="only connections in this state (default: all)")
     c_create = csub.add_parser("create", help="create a connection; prints the URL to open for OAuth")
-    c_create.add_argument("--app", default="klaviyo")
-    csub.add_parser("get", help="show one connection").add_argument("connection_id")
-    csub.add_parser("delete", help="delete a connection").add_argument("connection_id")
+    c_create.add_argument("--app", default="klaviyo", help="Maton app to connect (default klaviyo)")
+    csub.add_parser("get", help="show one connection").add_argument(
+        "connection_id", help="the connection's id (see connections list)")
+    csub.add_parser("delete", help="delete a connection").add_argument(
+        "connection_id", help="the connection's id (see connections list)")
 
     rsync = sub.add_parser("reverse-sync", help="push a warehouse audience (table or SQL) into Klaviyo profiles/a list",
                            epilog=EXIT_CODES_HELP)
@@ -129,11 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     rsync.add_argument("--list-mode", choices=("add", "mirror"), help="add members only, or mirror the audience")
     rsync.add_argument("--consent", action="append", default=[], metavar="CHANNEL=COLUMN[@AT]",
                        help="explicit consent, e.g. email=opted_in@opted_in_at (repeatable)")
-    rsync.add_argument("--max-rejected-fraction", type=float)
-    rsync.add_argument("--batch-size", type=int)
+    rsync.add_argument("--max-rejected-fraction", type=float, metavar="FRACTION",
+                       help="fail the run, sending nothing, when more than this fraction (0..1) of the rows "
+                            "is rejected locally (default: never fail on rejected rows)")
+    rsync.add_argument("--batch-size", type=int, metavar="N",
+                       help="profiles per bulk-import job, 1..10000 (default 10000, Klaviyo's limit)")
     rsync.add_argument("--dry-run", action="store_true", help="show what would be sent; send nothing")
     rsync.add_argument("--base-url", help="Klaviyo API base URL (default https://a.klaviyo.com)")
-    rsync.add_argument("--auth", choices=("klaviyo-api-key", "bearer", "maton"), default="klaviyo-api-key")
+    rsync.add_argument("--auth", choices=("klaviyo-api-key", "bearer", "maton"), default="klaviyo-api-key",
+                       help="klaviyo-api-key (KLAVIYO_API_KEY, default), bearer (OAuth token in KLAVIYO_API_KEY) "
+                            "or maton (MATON_API_KEY)")
     rsync.add_argument("--maton-connection", help="Maton connection id")
 
     sub.add_parser("sandbox", help="run the local Klaviyo API sandbox (see klaviyo-dlt sandbox --help)", add_help=False)
