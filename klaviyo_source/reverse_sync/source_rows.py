@@ -14,6 +14,7 @@ from typing import Any
 import dlt
 import pyarrow as pa
 
+from klaviyo_source.db_errors import describe, is_unavailable
 from klaviyo_source.loaded_files import drop_loaded_files
 
 PIPELINE_NAME = "klaviyo_reverse_sync"
@@ -22,6 +23,11 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 class SourceError(ValueError):
     """The audience table/query cannot be read; the message says why."""
+
+
+class WarehouseUnavailable(SourceError):
+    """The warehouse could not be reached or opened (server down, file missing or read-only): a
+    run-time failure, unlike a wrong table, query or column."""
 
 
 def resolve_destination(destination: Any, credentials: Any = None) -> Any:
@@ -104,8 +110,8 @@ def read_audience(warehouse: Warehouse, table: str | None, query: str | None, co
     try:
         rows = warehouse.read_arrow(sql)
     except Exception as exc:  # noqa: BLE001 - the database's own message is the useful part
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"cannot read the audience from dataset {warehouse.dataset_name!r}: {first}") from None
+        error = WarehouseUnavailable if is_unavailable(exc) else SourceError
+        raise error(f"cannot read the audience from dataset {warehouse.dataset_name!r}: {describe(exc)}") from None
     if rows.num_rows == 0 and not rows.column_names:  # empty result without a schema (DB-API path)
         return pa.table({c: pa.array([], pa.string()) for c in columns})
     missing = [c for c in columns if c not in rows.column_names]
