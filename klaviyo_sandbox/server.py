@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import gc
+import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -173,9 +176,25 @@ def serve(**kwargs: Any) -> Sandbox:
     return Sandbox(**kwargs).start()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sandbox",
+class _ParseError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors reach ``main`` (printed there as one line, text or JSON)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _ParseError(message)
+
+
+def build_parser(prog: str = "sandbox") -> argparse.ArgumentParser:
+    """The ``sandbox`` command line's arguments.
+
+    Args:
+        prog: the command name shown in usage and errors.
+    """
+    parser = _Parser(
+        prog=prog,
         description="Serve a local Klaviyo REST API (revision 2026-07-15) with seeded, generated data.",
         epilog=f"Default private key of the first account: {DEFAULT_API_KEY}. Every request needs "
                "'Authorization: Klaviyo-API-Key <key>' and 'revision: 2026-07-15'.")
@@ -199,32 +218,101 @@ def build_parser() -> argparse.ArgumentParser:
                              "'{\"rules\":[{\"match\":\"get_events\",\"kind\":\"error\",\"status\":503,\"rate\":0.1}]}'")
     parser.add_argument("--store-path", default=None,
                         help="DuckDB file for the store (reused if it exists; default: in memory)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text (default) or json: the ready banner and errors as one JSON object per line "
+                             "(time, level, logger, message, fields)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+class _Console:
+    """The command line's output: plain lines, or JSON lines with the CLI's log schema."""
+
+    def __init__(self, log_format: str, prog: str):
+        self.json = log_format == "json"
+        self.prog = prog
+
+    def _record(self, level: str, message: str, fields: dict[str, Any]) -> str:
+        return json.dumps({"time": dt.datetime.now().astimezone().isoformat(), "level": level,
+                           "logger": "klaviyo_sandbox", "message": message, **fields}, default=str)
+
+    def error(self, message: str, exit_code: int = 2) -> int:
+        line = self._record("error", message, {"exit_code": exit_code}) if self.json else \
+            f"{self.prog}: error: {message}"
+        print(line, file=sys.stderr, flush=True)
+        return exit_code
+
+    def ready(self, sandbox: "Sandbox", seconds: float, args: argparse.Namespace) -> None:
+        headline = f"Klaviyo sandbox (revision {REVISION}) ready in {seconds:.1f}s at {sandbox.base_url}"
+        if self.json:
+            accounts = [{"id": a.id, "api_key": a.api_key, "oauth_token": a.oauth_token,
+                         "maton_connection": a.maton_connection_id} for a in sandbox.accounts]
+            print(self._record("info", headline, {
+                "event": "sandbox_ready", "base_url": sandbox.base_url, "revision": REVISION, "accounts": accounts,
+                "maton_gateway": f"{sandbox.base_url}/klaviyo", "maton_api_key": sandbox.maton_api_key,
+                "rate_limits": args.rate_limits, "rate_limit_scale": args.rate_limit_scale}), flush=True)
+            return
+        print(headline)
+        print(f"  API:      {sandbox.base_url}/api/...   (header revision: {REVISION})")
+        for account in sandbox.accounts:
+            print(f"  account {account.id}: private key {account.api_key}  oauth token {account.oauth_token}  "
+                  f"maton connection {account.maton_connection_id}")
+        print(f"  Maton gateway: {sandbox.base_url}/klaviyo/api/...  key {sandbox.maton_api_key}")
+        print(f"  rate limits: {'on' if args.rate_limits else 'off'} (scale {args.rate_limit_scale})  Ctrl-C to stop")
+        sys.stdout.flush()
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """True when ``host:port`` cannot be bound because something listens there (checked before
+    the data is generated, which takes a while for large accounts)."""
+    if port == 0:
+        return False
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _busy(host: str, port: int) -> str:
+    return f"port {port} on {host} is in use: stop what listens there or choose another with --port (0 = any free port)"
+
+
+def main(argv: list[str] | None = None, prog: str = "sandbox") -> int:
+    """The ``sandbox`` command line; returns the exit code (2 for bad arguments or a busy port).
+
+    Args:
+        argv: the arguments after the command name.
+        prog: the command name used in error lines (``klaviyo-dlt sandbox`` when run through the CLI).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = any(a == "--log-format=json" or (a == "--log-format" and argv[i + 1:i + 2] == ["json"])
+                  for i, a in enumerate(argv))
+    try:
+        args = build_parser(prog).parse_args(argv)
+    except _ParseError as exc:
+        return _Console("json" if as_json else "text", prog).error(f"{exc} (see {prog} --help)")
+    console = _Console(args.log_format, prog)
+    if _port_in_use(args.host, args.port):
+        return console.error(_busy(args.host, args.port))
     try:
         started = time.time()
         sandbox = Sandbox(seed=args.seed, accounts=args.accounts, profiles=args.profiles, events=args.events,
                           rate_limits=args.rate_limits, rate_limit_scale=args.rate_limit_scale, faults=args.faults,
                           api_key=args.api_key, store_path=args.store_path, host=args.host, port=args.port)
     except (ValueError, OSError) as exc:
-        print(f"sandbox: {exc}", file=sys.stderr)
-        return 2
+        return console.error(str(exc))
     # the spec and startup objects live as long as the server: keep them out of every collection;
     # a bulk-import job allocates ~10^5 objects, so collect young objects less often than every 700
     gc.freeze()
     gc.set_threshold(100_000, 50, 50)
-    sandbox.start()
-    print(f"Klaviyo sandbox (revision {REVISION}) ready in {time.time() - started:.1f}s at {sandbox.base_url}")
-    print(f"  API:      {sandbox.base_url}/api/...   (header revision: {REVISION})")
-    for account in sandbox.accounts:
-        print(f"  account {account.id}: private key {account.api_key}  oauth token {account.oauth_token}  "
-              f"maton connection {account.maton_connection_id}")
-    print(f"  Maton gateway: {sandbox.base_url}/klaviyo/api/...  key {sandbox.maton_api_key}")
-    print(f"  rate limits: {'on' if args.rate_limits else 'off'} (scale {args.rate_limit_scale})  Ctrl-C to stop")
-    sys.stdout.flush()
+    try:
+        sandbox.start()
+    except OSError as exc:  # taken between the check and the bind
+        sandbox.close()
+        return console.error(_busy(args.host, args.port) if exc.errno == errno.EADDRINUSE else str(exc))
+    console.ready(sandbox, time.time() - started, args)
     try:
         while True:
             time.sleep(3600)

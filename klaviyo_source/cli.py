@@ -208,7 +208,12 @@ def _delegated(argv: list[str]) -> int | None:
         return None
     from klaviyo_sandbox.server import main as sandbox_main
 
-    return int(sandbox_main(argv[first + 1:]) or 0)
+    rest = argv[first + 1:]
+    global_options = argv[:first]
+    for i, option in enumerate(global_options):  # the global --log-format applies to the sandbox too
+        if option.startswith("--log-format") and not any(a.startswith("--log-format") for a in rest):
+            rest += [option] if "=" in option else [option, *global_options[i + 1:i + 2]]
+    return int(sandbox_main(rest, prog=f"{PROG} sandbox") or 0)
 
 
 # --- sync ----------------------------------------------------------------------------------------
