@@ -45,10 +45,15 @@ def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
 
 
 def _add_pipeline_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--destination", default="duckdb",
-                        help="duckdb (default), postgres, or any dlt destination configured in .dlt / env")
-    parser.add_argument("--duckdb-path", help="DuckDB file (default ./klaviyo.duckdb, printed as absolute path)")
-    parser.add_argument("--dataset-name", default=None, help="dataset (schema) to load into (default klaviyo_data)")
+    parser.add_argument("--destination", default=None,
+                        help="duckdb, postgres, or any dlt destination configured in .dlt / env "
+                             "(default: destination_type from .dlt/config.toml, else duckdb)")
+    parser.add_argument("--duckdb-path", help="DuckDB file (default: DESTINATION__DUCKDB__CREDENTIALS or "
+                                              "[destination.duckdb] credentials in .dlt/secrets.toml, else "
+                                              "./klaviyo.duckdb; printed as an absolute path)")
+    parser.add_argument("--dataset-name", default=None,
+                        help="dataset (schema) to load into (default: dataset_name from .dlt/config.toml, "
+                             "else klaviyo_data)")
     parser.add_argument("--pipeline-name", default=None, help="dlt pipeline name, keys the incremental state (default klaviyo)")
     parser.add_argument("--pipelines-dir", help="where dlt keeps pipeline working folders (default ~/.dlt/pipelines)")
 
@@ -219,9 +224,10 @@ def _delegated(argv: list[str]) -> int | None:
 # --- sync ----------------------------------------------------------------------------------------
 def _sync_options(args: argparse.Namespace) -> Any:
     from klaviyo_source.pipeline_runner import (
-        DEFAULT_DATASET_NAME,
         DEFAULT_PIPELINE_NAME,
         SyncOptions,
+        configured_dataset_name,
+        configured_destination,
         parse_date,
     )
 
@@ -229,9 +235,9 @@ def _sync_options(args: argparse.Namespace) -> Any:
         resources=list(getattr(args, "resources", None) or []) or None,
         start_date=parse_date(getattr(args, "start_date", None), "--start-date"),
         end_date=parse_date(getattr(args, "end_date", None), "--end-date"),
-        destination=args.destination,
+        destination=args.destination or configured_destination(),
         duckdb_path=args.duckdb_path,
-        dataset_name=args.dataset_name or DEFAULT_DATASET_NAME,
+        dataset_name=args.dataset_name or configured_dataset_name(),
         pipeline_name=args.pipeline_name or DEFAULT_PIPELINE_NAME,
         full_refresh=list(getattr(args, "full_refresh", None) or []),
         base_url=getattr(args, "base_url", None),
@@ -349,7 +355,7 @@ REVERSE_SYNC_FLAGS = ("config_path", "name", "table", "query", "email", "phone_n
 
 
 def cmd_reverse_sync(args: argparse.Namespace, out: Output, log: Any) -> int:
-    from klaviyo_source.pipeline_runner import DEFAULT_DATASET_NAME, make_destination
+    from klaviyo_source.pipeline_runner import configured_dataset_name, configured_destination, make_destination
     from klaviyo_source.reverse_sync.flags import run_reverse_sync
 
     flags = {name: getattr(args, name) for name in REVERSE_SYNC_FLAGS}
@@ -359,8 +365,8 @@ def cmd_reverse_sync(args: argparse.Namespace, out: Output, log: Any) -> int:
     if not args.dry_run:
         connection["api_key"] = resolve_api_key(args.auth)
     report = run_reverse_sync(
-        destination=make_destination(args.destination, args.duckdb_path),
-        dataset_name=args.dataset_name or DEFAULT_DATASET_NAME,
+        destination=make_destination(args.destination or configured_destination(), args.duckdb_path),
+        dataset_name=args.dataset_name or configured_dataset_name(),
         dry_run=args.dry_run, pipelines_dir=args.pipelines_dir, **connection, **flags,
     )
     if out.json:

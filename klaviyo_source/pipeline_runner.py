@@ -89,13 +89,45 @@ def plain_utc(value: datetime) -> datetime:
                     value.microsecond, tzinfo=timezone.utc)
 
 
+def configured_destination() -> str:
+    """The destination dlt's configuration names (``destination_type`` in ``.dlt/config.toml`` or
+    ``DESTINATION_TYPE``), else ``duckdb``: what ``--destination`` means when it is not given."""
+    return str(dlt.config.get("destination_type") or "duckdb")
+
+
+def configured_dataset_name() -> str:
+    """The dataset dlt's configuration names (``dataset_name`` in ``.dlt/config.toml`` or
+    ``DATASET_NAME``), else ``klaviyo_data``: what ``--dataset-name`` means when it is not given."""
+    return str(dlt.config.get("dataset_name") or DEFAULT_DATASET_NAME)
+
+
+def configured_duckdb_file() -> str | None:
+    """The DuckDB database dlt's own configuration names: ``DESTINATION__DUCKDB__CREDENTIALS`` or
+    ``[destination.duckdb] credentials`` in ``.dlt/secrets.toml`` (a path, or a table with
+    ``database``).  ``None`` when nothing is configured.
+
+    Raises dlt's ``ValueNotSecretException`` when the credentials sit in ``.dlt/config.toml``, which
+    dlt refuses to read secrets from (the CLI turns it into a one-line usage error).
+    """
+    config = dlt.destinations.duckdb().configuration(None, accept_partial=True)
+    database = getattr(config.credentials, "database", None) if config.credentials else None
+    return database if isinstance(database, str) and database else None
+
+
 def make_destination(name: str, duckdb_path: str | None = None, pipeline_name: str = DEFAULT_PIPELINE_NAME) -> Any:
-    """A dlt destination by name; DuckDB gets an absolute file path (default ``./klaviyo.duckdb``)."""
+    """A dlt destination by name.
+
+    DuckDB writes to ``duckdb_path`` when given, else to the file dlt's configuration names
+    (``configured_duckdb_file``; its other settings apply too), else to ``./klaviyo.duckdb``.
+    Other destinations take their credentials from ``.dlt`` / the environment, the dlt way.
+    """
     from dlt.common.destination import Destination
     from dlt.common.destination.exceptions import DestinationException
     from dlt.common.exceptions import MissingDependencyException
 
     if name == "duckdb":
+        if not duckdb_path and configured_duckdb_file():
+            return dlt.destinations.duckdb()  # dlt resolves its own configuration at run time
         return dlt.destinations.duckdb(duckdb_file_path(duckdb_path))
     try:
         return Destination.from_reference(name)
@@ -109,7 +141,11 @@ def make_destination(name: str, duckdb_path: str | None = None, pipeline_name: s
 
 
 def duckdb_file_path(path: str | None) -> str:
-    return os.path.abspath(os.path.expanduser(path or DEFAULT_DUCKDB_FILE))
+    """The absolute path of the DuckDB file a run writes: ``path``, the configured file, or the default."""
+    chosen = path or configured_duckdb_file() or DEFAULT_DUCKDB_FILE
+    if chosen.startswith(":"):  # dlt's special locations (":pipeline:", ":memory:") are not paths
+        return chosen
+    return os.path.abspath(os.path.expanduser(chosen))
 
 
 def describe_destination(opts: SyncOptions) -> str:
