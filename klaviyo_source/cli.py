@@ -21,7 +21,6 @@ from klaviyo_source.cli_errors import (
     CliError,
     UsageError,
     classify,
-    redact,
 )
 from klaviyo_source.cli_output import Output, error_line, setup_logging
 
@@ -197,9 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line + exit code
         error = exc if isinstance(exc, CliError) else classify(exc)
-        error_line(str(error), as_json=as_json, exit_code=error.exit_code)
-        if debug:
-            traceback.print_exception(exc, file=_RedactingStream(sys.stderr))
+        trace = "".join(traceback.format_exception(exc)) if debug else None
+        error_line(str(error), as_json=as_json, exit_code=error.exit_code, trace=trace)
         return error.exit_code
 
 
@@ -282,7 +280,7 @@ def cmd_sync(args: argparse.Namespace, out: Output, log: Any) -> int:
         from klaviyo_source.pipeline_runner import resource_names
 
         names = resource_names()
-        out.emit({"resources": names}) if out.json else out.line("\n".join(names))
+        out.emit({"resources": names}, f"{len(names)} resources") if out.json else out.line("\n".join(names))
         return EXIT_OK
     opts = _sync_options(args)
     if args.all_connections or args.all_accounts:
@@ -331,10 +329,14 @@ def _sync_many(args: argparse.Namespace, opts: Any, out: Output, log: Any) -> in
 def _print_results(out: Output, results: Sequence[Any]) -> None:
     if out.json:
         for r in results:
+            who = f"account {r.label}: " if r.label else ""
+            message = (f"{who}loaded {sum(r.rows.values()):,} rows into {r.destination} dataset {r.dataset_name} "
+                       f"in {r.seconds:.1f}s" if r.ok else f"{who}sync failed: {r.error}")
             out.emit({"event": "sync_result", "account": r.label, "pipeline": r.pipeline_name,
                       "dataset": r.dataset_name, "destination": r.destination, "ok": r.ok,
                       "exit_code": r.exit_code, "error": r.error, "rows": r.rows,
-                      "load_ids": r.load_ids, "seconds": round(r.seconds, 2)})
+                      "load_ids": r.load_ids, "seconds": round(r.seconds, 2)},
+                     message, level="info" if r.ok else "error")
         return
     many = len(results) > 1 or results[0].label is not None
     rows = []
@@ -370,7 +372,7 @@ def cmd_reverse_sync(args: argparse.Namespace, out: Output, log: Any) -> int:
         dry_run=args.dry_run, pipelines_dir=args.pipelines_dir, **connection, **flags,
     )
     if out.json:
-        out.emit({"event": "reverse_sync_result", **report.as_dict()})
+        out.emit({"event": "reverse_sync_result", **report.as_dict()}, report.summary().splitlines()[0])
     else:
         out.line(report.summary())
     return EXIT_OK
@@ -386,7 +388,9 @@ def cmd_status(args: argparse.Namespace, out: Output, log: Any) -> int:
         out.emit({"event": "status", "pipeline": report.pipeline_name, "dataset": report.dataset_name,
                   "has_runs": report.has_runs, "last_run_at": report.last_run_at,
                   "last_run_failed": report.last_run_failed, "last_error": report.last_error,
-                  "resources": [vars(r) for r in report.resources]})
+                  "resources": [vars(r) for r in report.resources]},
+                 f"pipeline {report.pipeline_name}: " + ("no runs yet" if not report.has_runs else
+                                                         "last run failed" if report.last_run_failed else "last run ok"))
         return EXIT_OK
     if not report.has_runs:
         out.line(f"pipeline {report.pipeline_name}: no runs yet into dataset {report.dataset_name}")
@@ -418,7 +422,7 @@ def cmd_connections(args: argparse.Namespace, out: Output, log: Any) -> int:
     if args.action == "list":
         found = client.list(app=args.app, status=args.status)
         if out.json:
-            out.emit({"connections": [vars(c) for c in found]})
+            out.emit({"connections": [vars(c) for c in found]}, f"{len(found)} {args.app} connection(s)")
         else:
             out.table(f"Maton connections ({args.app}{', ' + args.status if args.status else ''})",
                       ["connection_id", "status", "created", "updated"],
@@ -427,7 +431,7 @@ def cmd_connections(args: argparse.Namespace, out: Output, log: Any) -> int:
     if args.action == "create":
         conn = client.create(app=args.app)
         if out.json:
-            out.emit({"connection": vars(conn)})
+            out.emit({"connection": vars(conn)}, f"created connection {conn.connection_id}: open its url to authorise it")
         else:
             out.line(f"created connection {conn.connection_id} ({conn.status})")
             out.line(f"open this URL in a browser to authorise it: {conn.url}")
@@ -435,25 +439,14 @@ def cmd_connections(args: argparse.Namespace, out: Output, log: Any) -> int:
     if args.action == "get":
         conn = client.get(args.connection_id)
         if out.json:
-            out.emit({"connection": vars(conn)})
+            out.emit({"connection": vars(conn)}, f"connection {conn.connection_id} is {conn.status}")
         else:
             out.table(f"connection {conn.connection_id}", ["field", "value"],
                       [[k, v] for k, v in vars(conn).items()])
         return EXIT_OK
     client.delete(args.connection_id)
-    out.emit({"deleted": args.connection_id}) if out.json else out.line(f"deleted connection {args.connection_id}")
+    out.emit({"deleted": args.connection_id}, f"deleted connection {args.connection_id}") if out.json else out.line(f"deleted connection {args.connection_id}")
     return EXIT_OK
-
-
-class _RedactingStream:
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        return self.stream.write(redact(text))
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 if __name__ == "__main__":

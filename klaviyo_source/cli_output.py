@@ -1,9 +1,13 @@
 """What the CLI prints: summary/status/connection tables (rich) or JSON lines (``--log-format
-json``), one-line errors on stderr, and logging with secrets scrubbed."""
+json``), one-line errors on stderr, and logging with secrets scrubbed.
+
+Under ``--log-format json`` every line on stdout and stderr has the schema of
+``klaviyo_source.jsonlog`` -- our records, dlt's (its logger is routed through the same
+handler), warnings, progress events, results and errors.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -11,6 +15,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from klaviyo_source.cli_errors import redact
+from klaviyo_source.jsonlog import JsonLineFormatter, json_line
 
 LOGGER_NAME = "klaviyo_dlt"
 
@@ -26,30 +31,57 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
+class JsonLinesHandler(logging.StreamHandler):
+    """Writes records as JSON lines to the current ``sys.stderr``, secrets scrubbed.
+
+    The format is fixed: dlt sets a formatter on its logger's first handler each time it
+    (re)initialises its runtime; that formatter is ignored here, so dlt's records keep our schema.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self._json = JsonLineFormatter()
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:  # follow sys.stderr as it is now (pytest's capture swaps it)
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
     def format(self, record: logging.LogRecord) -> str:
-        payload = {"time": datetime.fromtimestamp(record.created).astimezone().isoformat(),
-                   "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
-        payload.update(getattr(record, "fields", {}) or {})
-        return redact(json.dumps(payload, default=str))
+        return redact(self._json.format(record))
 
 
 def setup_logging(log_format: str, debug: bool) -> logging.Logger:
-    """Our logger on stderr (text or JSON); dlt logs in JSON too when asked."""
-    if log_format == "json":
-        os.environ.setdefault("RUNTIME__LOG_FORMAT", "JSON")
+    """Our logger on stderr, as plain messages or JSON lines.
+
+    With ``json``, dlt's logger and the root logger (other libraries, ``warnings``) write through
+    the same JSON handler, so every line of stderr has one schema.
+    """
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter("%(message)s"))
-    handler.addFilter(RedactingFilter())
-    logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
-    for name in ("dlt", ""):
-        for existing in logging.getLogger(name).handlers:
-            if not any(isinstance(f, RedactingFilter) for f in existing.filters):
-                existing.addFilter(RedactingFilter())
+    if log_format == "json":
+        handler: logging.Handler = JsonLinesHandler()
+        for other in (logging.getLogger("dlt"), logging.getLogger()):
+            for existing in list(other.handlers):
+                # dlt's own stream handler, and ours from an earlier call in this process
+                if isinstance(existing, JsonLinesHandler) or (other.name == "dlt" and isinstance(existing, logging.StreamHandler)):
+                    other.removeHandler(existing)
+            other.addHandler(handler)
+        logging.captureWarnings(True)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(RedactingFilter())
+        for name in ("dlt", ""):
+            for existing in logging.getLogger(name).handlers:
+                if not any(isinstance(f, RedactingFilter) for f in existing.filters):
+                    existing.addFilter(RedactingFilter())
+    logger.addHandler(handler)
     return logger
 
 
@@ -59,8 +91,9 @@ class Output:
     def __init__(self, log_format: str = "text") -> None:
         self.json = log_format == "json"
 
-    def emit(self, payload: dict[str, Any]) -> None:
-        print(redact(json.dumps(payload, default=str)), flush=True)
+    def emit(self, payload: dict[str, Any], message: str, level: str = "info") -> None:
+        """One result as a JSON line on stdout, in the log schema (``message`` says it in words)."""
+        print(redact(json_line(level, LOGGER_NAME, message, **payload)), flush=True)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         from rich.console import Console
@@ -79,14 +112,26 @@ class Output:
         print(redact(text), flush=True)
 
 
-def error_line(message: str, prog: str = "klaviyo-dlt", as_json: bool = False, exit_code: int | None = None) -> None:
-    """The one line a failure prints on stderr (a JSON object under ``--log-format json``)."""
+def error_line(message: str, prog: str = "klaviyo-dlt", as_json: bool = False, exit_code: int | None = None,
+               trace: str | None = None) -> None:
+    """The one line a failure prints on stderr (a JSON object under ``--log-format json``).
+
+    Args:
+        message: what failed and what to fix.
+        prog: the command name prefixing the text line.
+        as_json: print the JSON log schema instead of text.
+        exit_code: the process's exit code, a field of the JSON line.
+        trace: a traceback (``--debug``): a ``traceback`` field in JSON, printed after the line in text.
+    """
     if as_json:
-        line = json.dumps({"time": datetime.now().astimezone().isoformat(), "level": "error", "logger": LOGGER_NAME,
-                           "message": message, "exit_code": exit_code})
-    else:
-        line = f"{prog}: error: {message}"
-    print(redact(line), file=sys.stderr, flush=True)
+        fields: dict[str, Any] = {"exit_code": exit_code}
+        if trace:
+            fields["traceback"] = trace
+        print(redact(json_line("error", LOGGER_NAME, message, **fields)), file=sys.stderr, flush=True)
+        return
+    print(redact(f"{prog}: error: {message}"), file=sys.stderr, flush=True)
+    if trace:
+        print(redact(trace), file=sys.stderr, end="" if trace.endswith("\n") else "\n", flush=True)
 
 
 def _cell(value: Any) -> str:

@@ -2,14 +2,14 @@
 per endpoint and 429 waits read from the source's HTTP client counters.
 
 ``SyncProgress`` is a dlt ``Collector`` (pass it as ``dlt.pipeline(progress=...)``).  It renders
-as a live rich table on a terminal, as periodic plain lines elsewhere, or as JSON lines for
-schedulers (``--log-format json``).  ``watch_http(stats)`` attaches the source client's counters
+as a live rich table on a terminal, as periodic short plain lines elsewhere (``extract 3.1s |
+4,210 rows: events 3,000, profiles 1,200 | 19 requests``), or as JSON lines in the log schema of
+``klaviyo_source.jsonlog`` for schedulers (``--log-format json``).  ``watch_http(stats)`` attaches the source client's counters
 (``requests``, ``status_429``, ``by_bucket``: endpoint → requests); they hold no URLs or headers.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -18,7 +18,11 @@ from typing import Any, Literal, TextIO
 
 from dlt.common.runtime.collector_base import Collector
 
+from klaviyo_source.jsonlog import json_line
+
 ProgressMode = Literal["rich", "text", "json", "off"]
+LOGGER = "klaviyo_dlt.progress"
+TOP_TABLES = 3  # tables named in a text line; the others are counted
 
 
 class SyncProgress(Collector):
@@ -97,10 +101,12 @@ class SyncProgress(Collector):
         """Counters now, as plain data (also what JSON mode prints)."""
         requests, waits = self._http_snapshot()
         with self._lock:
+            step, load_id = _step_and_load_id(self.step)
             return {
                 "event": "progress",
                 "account": self.label,
-                "step": self.step,
+                "step": step,
+                "load_id": load_id,
                 "elapsed_s": round(time.monotonic() - self._started, 1),
                 "rows": dict(self.rows),
                 "requests": requests,
@@ -137,7 +143,7 @@ class SyncProgress(Collector):
             return
         snap = self.snapshot()
         if self.mode == "json":
-            self.stream.write(json.dumps(snap, default=str) + "\n")
+            self.stream.write(json_line("info", LOGGER, _text_line(snap), **snap) + "\n")
         else:
             self.stream.write(_text_line(snap) + "\n")
         self.stream.flush()
@@ -168,17 +174,33 @@ def _endpoint(bucket: str) -> str:
     return path.split("/api/", 1)[-1].strip("/") or path
 
 
+def _step_and_load_id(step: str | None) -> tuple[str | None, str | None]:
+    """``("normalize", "1796409623.53")`` from dlt's label ``Normalize klaviyo in 1796409623.53``."""
+    if not step:
+        return None, None
+    name = step.split()[0].lower()
+    load_id = step.rsplit(" in ", 1)[1].strip() if " in " in step else None
+    return name, load_id
+
+
 def _text_line(snap: dict[str, Any]) -> str:
-    parts = [f"[{snap['account']}]" if snap["account"] else "", f"{snap['step'] or 'starting'}",
-             f"{snap['elapsed_s']}s"]
-    if snap["rows"]:
-        parts.append("rows " + ", ".join(f"{k}={v}" for k, v in sorted(snap["rows"].items())))
+    """One short line: step, time, total rows with the largest tables, requests, 429 waits, dlt's counter."""
+    parts = [f"{snap['step'] or 'starting'} {snap['elapsed_s']}s"]
+    if snap["account"]:
+        parts[0] = f"[{snap['account']}] {parts[0]}"
+    rows = snap["rows"]
+    if rows:
+        biggest = sorted(rows.items(), key=lambda kv: (-kv[1], kv[0]))
+        named = ", ".join(f"{k} {v:,}" for k, v in biggest[:TOP_TABLES])
+        more = f", +{len(biggest) - TOP_TABLES} tables" if len(biggest) > TOP_TABLES else ""
+        parts.append(f"{sum(rows.values()):,} rows: {named}{more}")
     if snap["requests"]:
-        parts.append("requests " + ", ".join(f"{k}={v}" for k, v in sorted(snap["requests"].items())))
+        parts.append(f"{sum(snap['requests'].values()):,} requests")
     if snap["waits_429"]:
         parts.append(f"429 waits {snap['waits_429']}")
     if snap["counters"]:
-        parts.append(" ".join(f"{k}={v}" for k, v in snap["counters"].items()))
+        key, value = list(snap["counters"].items())[-1]
+        parts.append(f"{key.split(' (')[0].lower()} {value}")
     if snap["eta_s"]:
         parts.append(f"ETA {snap['eta_s']}s")
-    return " | ".join(p for p in parts if p)
+    return " | ".join(parts)

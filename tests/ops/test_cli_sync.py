@@ -41,7 +41,7 @@ def test_sync_into_duckdb_then_incremental_then_status(cli, sandbox, tmp_path, m
     # the summary table names each table with its row count; progress went to stderr
     for table, count in (("profiles", len(profiles)), ("events", len(events)), ("metrics", len(metrics))):
         assert any(table in line and f" {count} " in line for line in run.out.splitlines()), run.out
-    assert f"events={len(events)}" in run.err
+    assert f"events {len(events):,}" in run.err
 
     # one profile changes upstream: the next run loads exactly that one
     changed = profiles[5].id
