@@ -178,7 +178,8 @@ class StreamReader:
         value = (data[0].get("attributes") or {}).get(self.stream.cursor_field)
         return parse_datetime(value, self.stream.cursor_field) if value else None
 
-    def tasks(self, start: datetime | None, end: datetime | None) -> list[Callable[[], Iterable[Any]]]:
+    def tasks(self, start: datetime | None, end: datetime | None,
+              split: bool = True) -> list[Callable[[], Iterable[Any]]]:
         stream = self.stream
         partitions = read_partitions(stream)
         tasks: list[Callable[[], Iterable[Any]]] = []
@@ -190,7 +191,7 @@ class StreamReader:
                     tasks.append(lambda c=base: self._read(c))
                     continue
                 ranges: list[tuple[datetime | None, datetime | None]] = [(start, end)]
-                if stream.windowed:
+                if stream.windowed and split:
                     lower = start or self._earliest(base)
                     upper = end if end is not None and end < now else now
                     if lower is not None and (upper - lower).total_seconds() > self.options.window_min_seconds:
@@ -202,15 +203,26 @@ class StreamReader:
                     tasks.append(lambda c=conditions: self._read(c))
         return tasks
 
-    def read(self, start: datetime | None = None, end: datetime | None = None) -> Iterator[pa.Table]:
+    def read(self, start: datetime | None = None, end: datetime | None = None,
+             per_page: bool = False) -> Iterator[pa.Table]:
         """Arrow tables of ~``batch_rows`` rows: pages are gathered before conversion, so the
         per-column work and dlt's per-item work (hints, validation, file writes) are paid per
-        batch, not per page."""
-        workers = self.options.event_workers if self.stream.windowed else 1
+        batch, not per page.
+
+        Args:
+            start: lower bound of the cursor range (incremental streams).
+            end: upper bound of the cursor range.
+            per_page: one table per full API page, the range read as one (no parallel time
+                windows), in cursor order.  Set when dlt's ``add_limit`` counts this resource's
+                items, so that a limit of ``n`` reads ``n`` pages and an incremental watermark
+                never passes records left unread.
+        """
+        workers = 1 if per_page else (self.options.event_workers if self.stream.windowed else 1)
+        batch_rows = 1 if per_page else self.options.batch_rows
         pending: list[Any] = []
-        for records in _in_parallel(self.tasks(start, end), workers):
+        for records in _in_parallel(self.tasks(start, end, split=not per_page), workers):
             pending.extend(records)
-            if len(pending) >= self.options.batch_rows:
+            if len(pending) >= batch_rows:
                 yield self.converter.convert_records(pending)
                 pending = []
         if pending:
@@ -249,6 +261,20 @@ def keep_claims(reader: StreamReader, stream: Stream) -> None:
         reader.converter.keep_claims(dlt.current.resource_state(stream.name).setdefault("flattened_columns", {}))
 
 
+def limit_is_set() -> bool:
+    """True when dlt's ``add_limit`` is on the resource running now (read inside its generator).
+
+    ``add_limit(n)`` counts the items a resource yields; dlt's own sql_database source reads the
+    limit the same way (``dlt.current.resource().limit``) to size its queries.
+    """
+    from dlt.common.exceptions import DltException
+
+    try:
+        return dlt.current.resource().limit is not None
+    except (DltException, LookupError, AttributeError):  # not running inside a dlt pipe
+        return False
+
+
 def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -> DltResource:
     """The dlt resource for one stream row (arrow tables, merge/replace per the row)."""
     logfilter.install()
@@ -282,7 +308,8 @@ def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -
 
         def read_all() -> Iterator[pa.Table]:
             keep_claims(reader, stream)
-            yield from with_sweep(stream, client, reader.read(), full_read=True, mode=options.deletions)
+            yield from with_sweep(stream, client, reader.read(per_page=limit_is_set()), full_read=True,
+                                  mode=options.deletions)
 
         resource = dlt.resource(read_all, **common)
     else:
@@ -305,8 +332,8 @@ def make_resource(stream: Stream, client: KlaviyoClient, options: ReadOptions) -
             end = to_utc(end) if end is not None else None
             # the sweep needs every live id: only a run with no end bound (not a bounded backfill)
             sweep = options.deletions if end is None else "off"
-            yield from with_sweep(stream, client, reader.read(start, end), full_read=False, mode=sweep,
-                                  incremental=cursor)
+            yield from with_sweep(stream, client, reader.read(start, end, per_page=limit_is_set()), full_read=False,
+                                  mode=sweep, incremental=cursor)
 
         resource = dlt.resource(read_incremental, **common)
     resource.reader = reader  # type: ignore[attr-defined]  (bench / tests read stats and columns)
