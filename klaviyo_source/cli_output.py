@@ -105,7 +105,7 @@ class Output:
         for row in rows:
             table.add_row(*[redact(_cell(v)) for v in row])
         console = Console(file=sys.stdout, width=max(100, _terminal_width()))
-        console.print(redact(title), markup=False, highlight=False)
+        console.print(redact(title), markup=False, highlight=False, soft_wrap=True)  # a long path must not break it
         console.print(table)
 
     def line(self, text: str) -> None:

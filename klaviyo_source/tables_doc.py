@@ -1,7 +1,8 @@
 """Renders ``docs/tables.md``: every table and column of the source, from the stream table + spec.
 
 ``python -m klaviyo_source.tables_doc`` rewrites the reference part of docs/tables.md in place; the
-example queries below it are kept verbatim (a test runs them on DuckDB and PostgreSQL).
+example queries below it are kept verbatim (a test runs them on DuckDB and PostgreSQL).  It also
+rewrites the table of API scopes per resource in README.md (``klaviyo_source.scopes``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,11 @@ def rendered_document(current: str | None = None) -> str:
 
 
 if __name__ == "__main__":
+    from klaviyo_source.scopes import README_PATH, rendered_readme
+
     # written here, not through a shell redirect: `> docs/tables.md` would empty the file
     # before its hand-written part is read
     DOC_PATH.write_text(rendered_document())
     sys.stdout.write(f"wrote {DOC_PATH}\n")
+    README_PATH.write_text(rendered_readme(README_PATH.read_text()))  # the scopes table
+    sys.stdout.write(f"wrote the scopes table in {README_PATH}\n")

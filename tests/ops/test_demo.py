@@ -86,3 +86,41 @@ def test_demo_with_its_own_sandbox_leaves_no_daemon_thread_running(tmp_path, cap
     left = [t.name for t in threading.enumerate() if t not in before and t.daemon and t.is_alive()]
     assert left == []
     assert "Done in" in capsys.readouterr().out
+
+
+def _readme_demo_lines() -> list[str]:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- demo output: checked against a real run by tests/ops/test_demo.py -->", 1)[1]
+    return block.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+
+
+def _pattern(line: str):
+    """A README line as a regex: numbers, ``<...>`` and the example path match whatever a run prints."""
+    import re
+
+    parts = re.split(r"(<[^>]+>|/home/you/klaviyo_demo\.duckdb|\d[\d,.]*)", line)
+    regex = "".join(".+?" if p.startswith(("<", "/home/you")) else r"[\d,.]+" if p[:1].isdigit() else re.escape(p)
+                    for p in parts if p)
+    return re.compile(regex)
+
+
+@pytest.mark.slow
+def test_demo_prints_what_the_readme_says(tmp_path):
+    """``klaviyo-dlt demo`` as the README runs it: every line the README shows, in that order."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(sys.executable), "klaviyo-dlt")
+    done = subprocess.run([script, "demo", "--profiles", "300", "--events", "3000"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = done.stdout.splitlines()
+    position = 0
+    for line in _readme_demo_lines():
+        pattern = _pattern(line)
+        found = next((i for i in range(position, len(printed)) if pattern.fullmatch(printed[i].rstrip())), None)
+        assert found is not None, f"the README says the demo prints {line!r}; it printed:\n{done.stdout}"
+        position = found + 1
+    assert str(tmp_path / "klaviyo_demo.duckdb") in done.stdout
