@@ -410,7 +410,7 @@ def cmd_demo(args: argparse.Namespace, out: Output, log: Any) -> int:
     from klaviyo_source.demo import run_demo
 
     run_demo(profiles=args.profiles, events=args.events, seed=args.seed, duckdb_path=args.duckdb_path,
-             reverse_sync=not args.no_reverse_sync, out=out)
+             reverse_sync=not args.no_reverse_sync, out=out, progress="json" if out.json else "text")
     return EXIT_OK
 
 

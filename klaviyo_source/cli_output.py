@@ -96,6 +96,10 @@ class Output:
         print(redact(json_line(level, LOGGER_NAME, message, **payload)), flush=True)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A titled table: rich on a console, one ``"event": "table"`` JSON line under json."""
+        if self.json:
+            self.emit({"event": "table", "columns": list(columns), "rows": [list(r) for r in rows]}, title)
+            return
         from rich.console import Console
         from rich.table import Table
 
@@ -109,6 +113,10 @@ class Output:
         console.print(table)
 
     def line(self, text: str) -> None:
+        """A line of text (one JSON line with it as the message under json)."""
+        if self.json:
+            print(redact(json_line("info", LOGGER_NAME, text.strip("\n") or "-")), flush=True)
+            return
         print(redact(text), flush=True)
 
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from datetime import datetime
 
+import pytest
+
 from klaviyo_source.cli_errors import EXIT_AUTH, EXIT_OK
 
 SCHEMA = {"time", "level", "logger", "message"}
@@ -85,3 +87,13 @@ def test_text_progress_without_a_terminal_is_short(sandbox, tmp_path):
     assert not re.search(r"\d{10}\.\d+", done.stderr), "dlt's load id leaked into the progress labels"
     rows = max(int(m.group(1).replace(",", "")) for m in re.finditer(r"([\d,]+) rows", done.stderr))
     assert rows >= len(sandbox.store.all(sandbox.accounts[0].id, "profile"))
+
+
+@pytest.mark.slow
+def test_demo_under_log_format_json_prints_only_json_lines(tmp_path):
+    done = _run(["--log-format", "json", "demo", "--profiles", "200", "--events", "2000"], dict(os.environ), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = _records(done.stdout, "stdout")
+    _records(done.stderr, "stderr")
+    tables = {r["message"].split(" in ")[0] for r in out if r.get("event") == "table"}
+    assert "Rows per table" in tables and "Revenue per day" in tables
