@@ -74,6 +74,10 @@ def setup_logging(log_format: str, debug: bool) -> logging.Logger:
             other.addHandler(handler)
         logging.captureWarnings(True)
     else:
+        for other in (logging.getLogger("dlt"), logging.getLogger()):  # a JSON run earlier in this process
+            for existing in [h for h in other.handlers if isinstance(h, JsonLinesHandler)]:
+                other.removeHandler(existing)
+        logging.captureWarnings(False)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.addFilter(RedactingFilter())
