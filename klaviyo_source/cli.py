@@ -389,8 +389,9 @@ def cmd_status(args: argparse.Namespace, out: Output, log: Any) -> int:
                   "has_runs": report.has_runs, "last_run_at": report.last_run_at,
                   "last_run_failed": report.last_run_failed, "last_error": report.last_error,
                   "resources": [vars(r) for r in report.resources]},
-                 f"pipeline {report.pipeline_name}: " + ("no runs yet" if not report.has_runs else
-                                                         "last run failed" if report.last_run_failed else "last run ok"))
+                 f"pipeline {report.pipeline_name}: " + (
+                     "no runs yet" if not report.has_runs else
+                     "last run failed" if report.last_run_failed else "last run ok"))
         return EXIT_OK
     if not report.has_runs:
         out.line(f"pipeline {report.pipeline_name}: no runs yet into dataset {report.dataset_name}")
@@ -431,7 +432,8 @@ def cmd_connections(args: argparse.Namespace, out: Output, log: Any) -> int:
     if args.action == "create":
         conn = client.create(app=args.app)
         if out.json:
-            out.emit({"connection": vars(conn)}, f"created connection {conn.connection_id}: open its url to authorise it")
+            out.emit({"connection": vars(conn)},
+                     f"created connection {conn.connection_id}: open its url to authorise it")
         else:
             out.line(f"created connection {conn.connection_id} ({conn.status})")
             out.line(f"open this URL in a browser to authorise it: {conn.url}")
@@ -445,7 +447,8 @@ def cmd_connections(args: argparse.Namespace, out: Output, log: Any) -> int:
                       [[k, v] for k, v in vars(conn).items()])
         return EXIT_OK
     client.delete(args.connection_id)
-    out.emit({"deleted": args.connection_id}, f"deleted connection {args.connection_id}") if out.json else out.line(f"deleted connection {args.connection_id}")
+    done = f"deleted connection {args.connection_id}"
+    out.emit({"deleted": args.connection_id}, done) if out.json else out.line(done)
     return EXIT_OK
 
 

@@ -69,7 +69,8 @@ def setup_logging(log_format: str, debug: bool) -> logging.Logger:
         for other in (logging.getLogger("dlt"), logging.getLogger()):
             for existing in list(other.handlers):
                 # dlt's own stream handler, and ours from an earlier call in this process
-                if isinstance(existing, JsonLinesHandler) or (other.name == "dlt" and isinstance(existing, logging.StreamHandler)):
+                dlt_text = other.name == "dlt" and isinstance(existing, logging.StreamHandler)
+                if isinstance(existing, JsonLinesHandler) or dlt_text:
                     other.removeHandler(existing)
             other.addHandler(handler)
         logging.captureWarnings(True)

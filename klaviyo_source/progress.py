@@ -4,8 +4,9 @@ per endpoint and 429 waits read from the source's HTTP client counters.
 ``SyncProgress`` is a dlt ``Collector`` (pass it as ``dlt.pipeline(progress=...)``).  It renders
 as a live rich table on a terminal, as periodic short plain lines elsewhere (``extract 3.1s |
 4,210 rows: events 3,000, profiles 1,200 | 19 requests``), or as JSON lines in the log schema of
-``klaviyo_source.jsonlog`` for schedulers (``--log-format json``).  ``watch_http(stats)`` attaches the source client's counters
-(``requests``, ``status_429``, ``by_bucket``: endpoint → requests); they hold no URLs or headers.
+``klaviyo_source.jsonlog`` for schedulers (``--log-format json``).  ``watch_http(stats)``
+attaches the source client's counters (``requests``, ``status_429``, ``by_bucket``: endpoint →
+requests); they hold no URLs or headers.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ def _requirement_lines(text: str, table: str, key: str) -> list[tuple[str, list[
 
 def test_every_pinned_dependency_says_why():
     text = (ROOT / "pyproject.toml").read_text()
-    pinned = [(req, why) for req, why in _requirement_lines(text, "project", "dependencies") if re.search(r"[<>=~]", req)]
+    pinned = [(req, why) for req, why in _requirement_lines(text, "project", "dependencies")
+              if re.search(r"[<>=~]", req)]
     assert pinned and all(why for _, why in pinned), [req for req, why in pinned if not why]
 
 
