@@ -62,25 +62,24 @@ def test_license_file_matches_the_declared_license():
     assert "LICENSE" in project.get("license-files", ["LICENSE"])
 
 
-def _requirement_lines(text: str, table: str, key: str) -> list[tuple[str, list[str]]]:
-    """(requirement, comment lines just above it or on its line) for one dependency array."""
-    lines = text.split(f"{key} = [", 1)[1].split("\n]", 1)[0].splitlines() if table == "project" else []
+def _requirement_lines(text: str, key: str) -> list[tuple[str, list[str]]]:
+    """(requirement, its comment lines just above it or on its line) for one dependency array."""
+    lines = text.split(f"\n{key} = [", 1)[1].split("\n]", 1)[0].splitlines()
     found, comments = [], []
     for line in lines:
         stripped = line.strip()
         if stripped.startswith("#"):
             comments.append(stripped)
         elif stripped.startswith('"'):
-            requirement = stripped.split('"')[1]
-            trailing = stripped.split("#", 1)[1:] if "#" in stripped.split('"')[2] else []
-            found.append((requirement, comments + trailing))
+            requirement, rest = stripped.split('"')[1], stripped.split('"', 2)[2]
+            found.append((requirement, comments + ([rest.split("#", 1)[1]] if "#" in rest else [])))
             comments = []
     return found
 
 
 def test_every_pinned_dependency_says_why():
     text = (ROOT / "pyproject.toml").read_text()
-    pinned = [(req, why) for req, why in _requirement_lines(text, "project", "dependencies")
+    pinned = [(req, why) for req, why in _requirement_lines(text, "dependencies")
               if re.search(r"[<>=~]", req)]
     assert pinned and all(why for _, why in pinned), [req for req, why in pinned if not why]
 
