@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     rsync.add_argument("--consent", action="append", default=[], metavar="CHANNEL=COLUMN[@AT]",
                        help="explicit consent, e.g. email=opted_in@opted_in_at (repeatable)")
     rsync.add_argument("--max-rejected-fraction", type=float, metavar="FRACTION",
-                       help="fail the run, sending nothing, when more than this fraction (0..1) of the rows "
-                            "is rejected locally (default: never fail on rejected rows)")
+                       help="fail the run when more than this fraction (0..1) of the rows is rejected, "
+                            "before sending anything if the local checks already exceed it "
+                            "(default: never fail on rejected rows)")
     rsync.add_argument("--batch-size", type=int, metavar="N",
                        help="profiles per bulk-import job, 1..10000 (default 10000, Klaviyo's limit)")
     rsync.add_argument("--dry-run", action="store_true", help="show what would be sent; send nothing")
