@@ -20,12 +20,13 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# Airflow 3 lives in its own venv (importable Airflow slows every dlt config lookup); the DAG test
-# (tests/ops/test_airflow_dag.py) runs the DAGs with it.
+# Airflow 3 lives in its own venv (importable Airflow slows every dlt config lookup); the scheduler
+# test (tests/ops/test_airflow_scheduler.py) runs Airflow from it, with a PostgreSQL metadata
+# database, for which Airflow 3 also needs the async driver asyncpg.
 AIRFLOW_VENV := .venv-airflow
 $(AIRFLOW_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/pip install -q -e ".[airflow]"
+	$(AIRFLOW_VENV)/bin/pip install -q -e ".[airflow]" "asyncpg>=0.29"
 	touch $@
 install-airflow: $(AIRFLOW_VENV)/.installed
 
