@@ -146,9 +146,8 @@ def _group_task(config: DagConfig, group: str, members: list[str]) -> Any:
             resources = backfill_resources(members) if window.is_backfill else members
             if not resources:
                 raise AirflowSkipException(f"backfill: none of {', '.join(members)} is read by time window")
-            opts = config.sync_options(f"{PIPELINE_PREFIX}_{group}", resources, window.start or config.start_date,
-                                       window.end)
-            return run_task(opts, label=f"{PIPELINE_PREFIX}_{group}", window=window.as_dict())
+            opts = config.group_sync_options(group, resources, window.start or config.start_date, window.end)
+            return run_task(opts, label=opts.pipeline_name, window=window.as_dict())
 
         return run_for_airflow(work)
 

@@ -113,6 +113,26 @@ class DagConfig:
         """
         return resource_groups(self.resources)
 
+    def group_sync_options(self, group: str, resources: Sequence[str], start: datetime | None,
+                           end: datetime | None) -> SyncOptions:
+        """The ``SyncOptions`` of a resource group's task in the one-account DAG.
+
+        The groups load into one dataset, each with its own pipeline (its own state) and its own dlt
+        schema: with one shared schema name, a pipeline would restore whichever group's schema was
+        stored last, miss its own tables in it, and skip its deletion sweeps and membership passes.
+
+        Args:
+            group: the group's name (a key of ``groups()``).
+            resources: the resources to read.
+            start: see ``sync_options``.
+            end: see ``sync_options``.
+
+        Returns:
+            The options.
+        """
+        name = group_pipeline_name(group)
+        return self.sync_options(name, resources, start, end, schema_name=name)
+
     def sync_options(self, pipeline_name: str, resources: Sequence[str], start: datetime | None,
                      end: datetime | None, pipelines_dir: str | None = None, **overrides: object) -> SyncOptions:
         """The ``SyncOptions`` of one task's sync.
@@ -123,7 +143,7 @@ class DagConfig:
             start: lower bound (scheduled runs: the first run's start; backfills: the window start).
             end: upper bound, only for a backfill (dlt then keeps the stored state untouched).
             pipelines_dir: the dlt working folder (``run_task`` gives each task a temporary one).
-            overrides: other ``SyncOptions`` fields (``api_key``, ``auth`` ...).
+            overrides: other ``SyncOptions`` fields (``api_key``, ``auth``, ``schema_name`` ...).
 
         Returns:
             The options.
@@ -134,6 +154,11 @@ class DagConfig:
             dataset_name=self.dataset_name, pipeline_name=pipeline_name, base_url=self.base_url,
             pipelines_dir=pipelines_dir, **overrides,  # type: ignore[arg-type]
         )
+
+
+def group_pipeline_name(group: str) -> str:
+    """The dlt pipeline (and schema) name of a resource group's task: ``klaviyo_<group>``."""
+    return f"klaviyo_{group}"
 
 
 def selected_resources(names: str | None) -> list[str]:

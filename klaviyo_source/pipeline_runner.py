@@ -46,6 +46,9 @@ class SyncOptions:
     pipelines_dir: str | None = None
     refresh: str | None = None  # dlt refresh mode for the whole run, e.g. "drop_sources" (the demo)
     source_options: dict[str, Any] = field(default_factory=dict)
+    # dlt schema (and source state key); pipelines sharing one dataset each need their own, or the
+    # schema one restores is whichever pipeline stored last and may lack its own tables
+    schema_name: str | None = None
 
 
 @dataclass
@@ -208,6 +211,8 @@ def build_source(opts: SyncOptions, resources: Sequence[str] | None = None, prog
         if unknown:
             raise UsageError(f"unknown resource '{unknown[0]}'; choose from: {', '.join(known)}")
         source = source.with_resources(*resources)
+    if opts.schema_name:
+        source.schema = source.schema.clone(with_name=opts.schema_name)
     if hasattr(progress, "watch_http"):
         stats = _http_stats(source)
         if stats is not None:

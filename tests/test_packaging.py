@@ -12,8 +12,8 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("klaviyo_source", "klaviyo_sandbox")
-# imported only inside the optional Airflow DAG / Airflow helper paths
+PACKAGES = ("klaviyo_source", "klaviyo_sandbox", "klaviyo_dlt")
+# imported only by klaviyo_dlt.airflow (the optional Airflow extra) and Airflow helper paths
 OPTIONAL = {"airflow"}
 # pytest plugin shipped for users' own test suites (loaded by pytest, so pytest is there)
 TEST_TOOLING = {"conformance_plugin.py"}
@@ -96,3 +96,15 @@ def test_dlt_range_spans_more_than_one_minor():
     assert dlt.__version__ in spec
     minors = {f"1.{minor}.0" for minor in range(0, 60)}
     assert len([v for v in minors if v in spec]) > 1, requirement
+
+
+def test_the_airflow_dags_ship_in_the_package():
+    """`pip install "klaviyo-dlt[airflow]"` brings the DAG code; the DAG file in pipelines/ only imports it."""
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = find_packages(str(ROOT), include=config["include"])
+    assert {"klaviyo_dlt", "klaviyo_source", "klaviyo_sandbox"} <= set(shipped)
+    dag_file = (ROOT / "pipelines" / "klaviyo_airflow_dag.py").read_text()
+    imports = [n for n in ast.walk(ast.parse(dag_file)) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert [getattr(n, "module", None) for n in imports] == ["klaviyo_dlt.airflow"]

@@ -18,6 +18,7 @@ destination is compared with the sandbox's truth (ids and ``updated`` values).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -65,6 +66,11 @@ class SandboxProbe:
         self.arrived: set[str] = set()
         self.met = False
         self._lock = threading.Condition()
+
+    def __getattr__(self, name: str) -> Any:  # the sandbox's extensions reach the app through sb.app
+        if name == "app":
+            raise AttributeError(name)
+        return getattr(self.app, name)
 
     def arm(self, connections: set[str]) -> None:
         with self._lock:
@@ -196,10 +202,18 @@ def assert_matches_truth(wh: Warehouse, dataset: str, sb: Any, account: Any, whe
     return expected
 
 
-def _finished_without_retry(cluster: AirflowCluster, dag_id: str, runs: list[dict]) -> None:
-    for run in runs:
-        for ti in cluster.task_instances(dag_id, run["dag_run_id"]):
-            assert ti["state"] != "up_for_retry", f"{ti['task_id']} was retried: {ti}"
+def _wait_without_retries(cluster: AirflowCluster, dag_id: str) -> dict:
+    """The DAG's first run once finished; fails as soon as one of its tasks waits for a retry."""
+
+    def finished() -> dict | None:
+        runs = cluster.dag_runs(dag_id)
+        if not runs:
+            return None
+        for ti in cluster.task_instances(dag_id, runs[0]["dag_run_id"]):
+            assert ti["state"] != "up_for_retry", f"{ti['task_id']}[{ti['map_index']}] is retried: {ti}"
+        return runs[0] if runs[0]["state"] in ("success", "failed") else None
+
+    return wait_for(finished, RUN_TIMEOUT, f"the first run of {dag_id}")
 
 
 def _wait_for_new_run(cluster: AirflowCluster, dag_id: str, count: int, run_type: str = "scheduled") -> dict:
@@ -277,9 +291,8 @@ def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, gate
         assert f"rows profiles={len(before['profiles'])} | requests {served} (profiles={served})" in log
 
         # multi-account: three accounts in parallel task processes, the revoked one failed at once
-        many = cluster.wait_for_runs(MANY, 1, RUN_TIMEOUT)[0]
+        many = _wait_without_retries(cluster, MANY)
         cluster.set_paused(MANY, True)
-        _finished_without_retry(cluster, MANY, [many])
         assert many["state"] == "failed"
         mapped = {t: ti for t, ti in _tasks(cluster, MANY, many).items() if t.startswith("sync_connection[")}
         states = sorted(ti["state"] for ti in mapped.values())
@@ -339,28 +352,38 @@ def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, gate
         window_start = (now - timedelta(days=40)).replace(second=0, microsecond=0)
         # events that arrive far too late for the lookback: only a backfill of their window reads them
         very_late = [control.insert_event(profile_ids[3], "Viewed Product", datetime=window_start + timedelta(seconds=s))
-                     for s in (10, 70)]
+                     for s in (10, 70, 200)]
         created = cluster.cli("backfill", "create", "--dag-id", SINGLE, "--from-date", window_start.isoformat(),
                               "--to-date", (window_start + timedelta(minutes=1)).isoformat())
         assert created.returncode == 0, created.stdout[-2000:] + created.stderr[-2000:]
+        # the other way: a run triggered with the backfill params reads their window
+        params_window = (window_start + timedelta(minutes=3), window_start + timedelta(minutes=4))
+        conf = json.dumps({"backfill_start": params_window[0].isoformat(), "backfill_end": params_window[1].isoformat()})
+        triggered = cluster.cli("dags", "trigger", SINGLE, "--conf", conf, "--run-id", "params_backfill")
+        assert triggered.returncode == 0, triggered.stdout[-2000:] + triggered.stderr[-2000:]
         cluster.set_paused(SINGLE, False)
         try:
             wait_for(lambda: all(b["completed_at"] for b in cluster.api(
                 "GET", "/backfills", params={"dag_id": SINGLE})["backfills"]), RUN_TIMEOUT, "the backfill to complete")
+            cluster.wait_for_runs(SINGLE, 1, RUN_TIMEOUT, run_type="manual")
         finally:
             cluster.set_paused(SINGLE, True)
         runs = cluster.wait_for_runs(SINGLE, len(cluster.dag_runs(SINGLE)), RUN_TIMEOUT)
-        backfills = [r for r in runs if r["run_type"] == "backfill"]
-        assert len(backfills) == 2 and all(r["state"] == "success" for r in backfills), backfills
+        backfills = [r for r in runs if r["run_type"] in ("backfill", "manual")]
+        assert len(backfills) == 3 and all(r["state"] == "success" for r in backfills), backfills
         events_truth = truth(sb, first)["events"]
         for run in backfills:
-            lo, hi = _ts(run["data_interval_start"]), _ts(run["data_interval_end"])
+            if run["run_type"] == "backfill":
+                lo, hi, source = _ts(run["data_interval_start"]), _ts(run["data_interval_end"]), "data interval"
+            else:
+                (lo, hi), source = params_window, "params"
             summary = cluster.xcom(SINGLE, run["dag_run_id"], "sync_events")
-            assert summary["window"] == {"mode": "backfill", "source": "data interval",
+            assert summary["window"] == {"mode": "backfill", "source": source,
                                          "start": lo.isoformat(), "end": hi.isoformat()}
             assert summary["rows"].get("events", 0) == sum(1 for d in events_truth.values() if lo <= d < hi)
             lists_task = cluster.xcom(SINGLE, run["dag_run_id"], "sync_lists_segments")
             assert "list_members" not in lists_task["rows"]  # memberships have no time window
+            assert _tasks(cluster, SINGLE, run)["reverse_sync"]["state"] == "skipped"
         assert {p: wh.watermarks(p, tmp_path) for p in pipelines} == marks
         after = assert_matches_truth(wh, DATASET, sb, first, "after the backfill")
         assert set(very_late) <= set(after["events"])

@@ -6,6 +6,7 @@ tests pin each rule on its own, fast, against the sandbox and DuckDB.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -162,3 +163,33 @@ def test_auth_and_config_errors_fail_at_once(sandbox, tmp_path, monkeypatch, cas
     assert runner.calls == 1 and error.value.exit_code == code
     message = str(error.value)
     assert "\n" not in message and "pk_rotated" not in message
+
+
+def test_group_pipelines_sharing_a_dataset_keep_their_sweeps(sandbox, tmp_path):
+    """Each group's pipeline restores its own schema: another group loading last must not hide its tables."""
+    config = DagConfig.from_env({"KLAVIYO_DLT_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
+                                 "KLAVIYO_DLT_RESOURCES": "profiles,lists,list_members",
+                                 "KLAVIYO_BASE_URL": sandbox.base_url})
+
+    def run(group: str) -> dict:
+        opts = dataclasses.replace(config.group_sync_options(group, config.groups()[group], None, None),
+                                   api_key=sandbox.api_key)
+        return run_task(opts, group)
+
+    store, account = sandbox.store, sandbox.account
+    run("lists_segments")
+    run("profiles")  # the newest schema in the dataset is now the profiles group's
+    gone = next(lid for lid in store.ids(account.id, "list") if store.members(account.id, "list", lid))
+    stays = next(lid for lid in store.ids(account.id, "list") if lid != gone and store.members(account.id, "list", lid))
+    leaving = store.members(account.id, "list", stays)[0][0]
+    sandbox.control.delete("list", gone)
+    sandbox.control.remove_members("list", stays, [leaving])
+    run("lists_segments")
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "k.duckdb"), read_only=True) as con:
+        deleted = con.execute("SELECT id FROM klaviyo_data.lists WHERE deleted_at IS NOT NULL").fetchall()
+        removed = con.execute("SELECT list_id, profile_id FROM klaviyo_data.list_members "
+                              "WHERE removed_at IS NOT NULL").fetchall()
+    assert deleted == [(gone,)]
+    assert removed == [(stays, leaving)]
