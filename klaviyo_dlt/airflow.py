@@ -36,7 +36,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from klaviyo_dlt.dag_config import DagConfig
 from klaviyo_dlt.run_window import END_PARAM, START_PARAM, RunWindow, backfill_resources, run_window
-from klaviyo_dlt.task_run import FatalSyncError, TransientSyncError, is_fatal, run_task
+from klaviyo_dlt.task_run import FatalSyncError, TransientSyncError, is_fatal, run_reverse_sync, run_task
+from klaviyo_dlt.task_run import prepare_dataset as run_prepare_dataset
 from klaviyo_source.cli_errors import CliError, classify
 
 PIPELINE_PREFIX = "klaviyo"
@@ -121,18 +122,34 @@ def klaviyo_dlt_dag(dag_id: str = "klaviyo_dlt", config: DagConfig | None = None
     """
     config = config or DagConfig.from_env()
     with _dag(dag_id, config, __doc__ or "", ["klaviyo", "dlt"]) as dag:
-        previous = None
+        # parallel groups on a server destination: the shared dataset is created before they start
+        previous = None if config.serial else _prepare_task(config)()
         syncs = []
         for group, members in config.groups().items():
             # DuckDB takes one writer process at a time: chain the groups; a failed one does not stop the next
             rule = "all_done" if config.serial else "all_success"
             sync = _group_task(config, group, members).override(task_id=f"sync_{group}", trigger_rule=rule)()
-            if config.serial and previous is not None:
+            if previous is not None:
                 previous >> sync
-            previous = sync
+            if config.serial:
+                previous = sync
             syncs.append(sync)
         syncs >> _reverse_sync_task(config)()
     return dag
+
+
+def _prepare_task(config: DagConfig) -> Any:
+    @task(task_id="prepare_dataset")
+    def prepare_dataset() -> dict[str, Any]:
+        """Create the dataset, its staging dataset and dlt's tables once, before the groups load in parallel."""
+
+        def work() -> dict[str, Any]:
+            use_dags_folder_config()
+            return run_prepare_dataset(config)
+
+        return run_for_airflow(work)
+
+    return prepare_dataset
 
 
 def _group_task(config: DagConfig, group: str, members: list[str]) -> Any:
@@ -160,25 +177,12 @@ def _reverse_sync_task(config: DagConfig) -> Any:
         """Push the configured SQL audience into Klaviyo after every extraction succeeded."""
         if not config.reverse_sync_config:
             raise AirflowSkipException("KLAVIYO_DLT_REVERSE_SYNC_CONFIG not set")
-        use_dags_folder_config()
-        if current_window().is_backfill:
-            raise AirflowSkipException("backfill run: the audience is pushed by scheduled runs only")
-        from klaviyo_source.reverse_sync.run import reverse_sync as run_reverse_sync
-        from klaviyo_source.pipeline_runner import make_destination
 
         def work() -> dict[str, Any]:
-            kwargs: dict[str, Any] = {"dataset_name": config.dataset_name}
-            if config.base_url:
-                kwargs["base_url"] = config.base_url
-            try:
-                destination = make_destination(config.destination,
-                                               config.duckdb_file() if config.serial else None)
-                report = run_reverse_sync(config.reverse_sync_config, destination=destination, **kwargs)
-            except CliError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - classified: config/auth fail at once
-                raise classify(exc) from exc
-            return _plain(report)
+            use_dags_folder_config()
+            if current_window().is_backfill:
+                raise AirflowSkipException("backfill run: the audience is pushed by scheduled runs only")
+            return run_reverse_sync(config)
 
         return run_for_airflow(work)
 
@@ -248,12 +252,3 @@ def klaviyo_dlt_all_connections_dag(dag_id: str = "klaviyo_dlt_all_connections",
 
         sync_connection.expand(connection=list_connections())
     return dag
-
-
-def _plain(report: Any) -> dict[str, Any]:
-    """A JSON-able summary of a reverse-sync report for XCom."""
-    if hasattr(report, "as_dict"):
-        return report.as_dict()
-    if hasattr(report, "__dict__"):
-        return {k: v for k, v in vars(report).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    return {"report": str(report)}

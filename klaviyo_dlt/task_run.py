@@ -19,14 +19,17 @@ import logging
 import shutil
 import sys
 import tempfile
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from dlt.pipeline.helpers import retry_load
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from klaviyo_source.cli_errors import AuthError, CliError, UsageError
+from klaviyo_source.cli_errors import AuthError, CliError, UsageError, classify
 from klaviyo_source.pipeline_runner import SyncOptions, SyncResult, run_sync
 from klaviyo_source.progress import SyncProgress
+
+if TYPE_CHECKING:
+    from klaviyo_dlt.dag_config import DagConfig
 
 log = logging.getLogger("klaviyo_dlt")
 
@@ -143,3 +146,95 @@ def summary_line(label: str, summary: dict[str, Any]) -> str:
     return (f"{label} ({mode}): rows {rows} | requests {summary.get('requests_total', 0)} ({requests}), "
             f"429 waits {summary.get('waits_429', 0)} | {summary.get('seconds', 0):.1f}s, "
             f"attempt {summary.get('attempts', 1)}")
+
+
+def run_reverse_sync(config: "DagConfig") -> dict[str, Any]:
+    """Push the configured audience (``config.reverse_sync_config``) from the dataset into Klaviyo.
+
+    Args:
+        config: the DAG settings (reverse-sync file, destination, dataset, API root).
+
+    Returns:
+        The reverse-sync report as JSON-able data.
+
+    Raises:
+        FatalSyncError: a bad reverse-sync config, missing key or rejected credentials.
+        TransientSyncError: any other failure.
+    """
+    from klaviyo_source.pipeline_runner import make_destination
+    from klaviyo_source.reverse_sync.run import reverse_sync
+
+    workdir = tempfile.mkdtemp(prefix="klaviyo_dlt_reverse_")
+    try:
+        destination = make_destination(config.destination, config.duckdb_file() if config.serial else None)
+        report = reverse_sync(config.reverse_sync_config, destination=destination, dataset_name=config.dataset_name,
+                              base_url=config.base_url, pipelines_dir=workdir)
+    except Exception as exc:  # noqa: BLE001 - classified below
+        error = exc if isinstance(exc, CliError) else classify(exc)
+        log.error("reverse sync: %s", error)
+        if is_fatal(error):
+            raise FatalSyncError(str(error), error.exit_code) from None
+        raise TransientSyncError(str(error)) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    log.info("%s", report.summary().splitlines()[0])
+    return json.loads(json.dumps(report.as_dict(), default=str))
+
+
+SETUP_PIPELINE = "klaviyo_dlt_setup"
+
+
+def prepare_dataset(config: "DagConfig") -> dict[str, Any]:
+    """Create the dataset, its staging dataset and dlt's system tables if they are missing.
+
+    The group tasks of one run load into one dataset in parallel; on a fresh PostgreSQL dataset
+    their first loads would race to create the same schemas and ``_dlt_*`` tables
+    (``CREATE ... IF NOT EXISTS`` is not safe against concurrent callers there).  This runs once
+    before them, as dlt's Airflow helper runs its first task alone (``serialize_first_task``).
+
+    Args:
+        config: the DAG settings (destination and dataset).
+
+    Returns:
+        ``{"dataset": ..., "created": [what was missing]}``.
+
+    Raises:
+        FatalSyncError: destination configuration or credentials wrong.
+        TransientSyncError: any other failure.
+    """
+    import dlt
+    from dlt.destinations.exceptions import DatabaseUndefinedRelation
+    from dlt.common.destination.exceptions import SqlClientNotAvailable
+
+    from klaviyo_source.pipeline_runner import make_destination
+
+    workdir = tempfile.mkdtemp(prefix="klaviyo_dlt_setup_")
+    created: list[str] = []
+    try:
+        destination = make_destination(config.destination, config.duckdb_file() if config.serial else None)
+        pipeline = dlt.pipeline(SETUP_PIPELINE, destination=destination, dataset_name=config.dataset_name,
+                                pipelines_dir=workdir)
+        try:
+            with pipeline.sql_client() as sql:
+                try:
+                    sql.execute_sql(f"SELECT 1 FROM {sql.make_qualified_table_name('_dlt_loads')} WHERE 1 = 0")
+                except DatabaseUndefinedRelation:
+                    # an empty load creates the dataset and dlt's tables, and nothing else
+                    pipeline.run([], table_name="_klaviyo_dlt_setup")
+                    created.append(config.dataset_name)
+                with sql.with_staging_dataset():
+                    if not sql.has_dataset():
+                        sql.create_dataset()
+                        created.append(sql.dataset_name)
+        except SqlClientNotAvailable:
+            pass  # not a SQL destination: nothing is created concurrently
+    except Exception as exc:  # noqa: BLE001 - classified below
+        error = exc if isinstance(exc, CliError) else classify(exc)
+        log.error("preparing the dataset: %s", error)
+        if is_fatal(error):
+            raise FatalSyncError(str(error), error.exit_code) from None
+        raise TransientSyncError(str(error)) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    log.info("dataset %s ready%s", config.dataset_name, f" (created {', '.join(created)})" if created else "")
+    return {"dataset": config.dataset_name, "created": created}

@@ -26,11 +26,11 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
-from airflow_cluster import AirflowCluster, wait_for
+from airflow_cluster import TERMINAL_RUN_STATES, AirflowCluster, wait_for
 from klaviyo_source.accounts import slug
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -41,6 +41,7 @@ IN_CI = os.environ.get("KLAVIYO_DLT_CI") == "1"
 DATASET = "klaviyo_data"
 RESOURCES = "profiles,metrics,events,lists,list_members"
 SINGLE, MANY = "klaviyo_dlt", "klaviyo_dlt_all_connections"
+TERMINAL_TASK_STATES = {"success", "failed", "skipped", "upstream_failed", "removed"}
 RUN_TIMEOUT = 420  # seconds for one DAG run on a loaded 2-core machine (typically well under a minute)
 
 
@@ -51,12 +52,17 @@ def _ts(value: Any) -> datetime:
 
 
 class SandboxProbe:
-    """WSGI middleware in front of the sandbox: counts requests, and gates parallel accounts.
+    """WSGI middleware in front of the sandbox: counts requests, holds them, gates parallel accounts.
 
-    ``requests[(who, path)]``: requests per caller (``key`` for a private key, the Maton connection
-    otherwise) and path.  Once ``arm``ed, the first request of each armed Maton connection waits
-    until every armed connection has a request in flight; ``met`` tells whether that happened (it
-    cannot unless the account syncs run at the same time)."""
+    * ``requests[(who, path)]``: requests served per caller (``key`` for a private key, else the
+      Maton connection) and path.
+    * ``hold()`` / ``release()``: while held, Klaviyo API requests made with a private key (the
+      ``klaviyo_dlt`` DAG's) wait, so the test changes the sandbox between two runs without racing
+      the next run, whenever the scheduler starts it.
+    * ``arm(connections)``: the first request of each armed Maton connection waits until every
+      armed connection has a request in flight; ``met`` tells whether that happened (it cannot
+      unless the account syncs run at the same time).
+    """
 
     def __init__(self, app: Any, timeout: float = 300) -> None:
         self.app = app
@@ -65,6 +71,7 @@ class SandboxProbe:
         self.armed: set[str] = set()
         self.arrived: set[str] = set()
         self.met = False
+        self.held = False
         self._lock = threading.Condition()
 
     def __getattr__(self, name: str) -> Any:  # the sandbox's extensions reach the app through sb.app
@@ -76,16 +83,27 @@ class SandboxProbe:
         with self._lock:
             self.armed, self.arrived, self.met = set(connections), set(), False
 
+    def hold(self) -> None:
+        with self._lock:
+            self.held = True
+
+    def release(self) -> None:
+        with self._lock:
+            self.held = False
+            self._lock.notify_all()
+
     def __call__(self, environ: dict, start_response: Any) -> Any:
         connection = environ.get("HTTP_MATON_CONNECTION")
+        path = environ.get("PATH_INFO", "")
         with self._lock:
-            self.requests[(connection or "key", environ.get("PATH_INFO", ""))] += 1
-        if connection in self.armed and not self.met:
-            with self._lock:
+            if connection is None and path.startswith("/api/"):
+                self._lock.wait_for(lambda: not self.held, timeout=self.timeout)
+            if connection in self.armed and not self.met:
                 self.arrived.add(connection)
                 self._lock.notify_all()
                 if self._lock.wait_for(lambda: self.armed <= self.arrived, timeout=self.timeout):
                     self.met = True
+            self.requests[(connection or "key", path)] += 1
         return self.app(environ, start_response)
 
 
@@ -202,30 +220,38 @@ def assert_matches_truth(wh: Warehouse, dataset: str, sb: Any, account: Any, whe
     return expected
 
 
-def _wait_without_retries(cluster: AirflowCluster, dag_id: str) -> dict:
-    """The DAG's first run once finished; fails as soon as one of its tasks waits for a retry."""
+def _next_run(cluster: AirflowCluster, probe: SandboxProbe, count: int, also: Callable[[], None] = lambda: None,
+              ) -> dict:
+    """The ``count``-th scheduled run of ``klaviyo_dlt``, finished; API requests held from the moment
+    its sync tasks ended (the DAG stays unpaused: the next run starts whenever it is due, and waits).
 
-    def finished() -> dict | None:
-        runs = cluster.dag_runs(dag_id)
-        if not runs:
+    ``also`` is called on every poll."""
+
+    def syncs_done() -> dict | None:
+        also()
+        runs = [r for r in cluster.dag_runs(SINGLE) if r["run_type"] == "scheduled"]
+        if len(runs) < count:
             return None
-        for ti in cluster.task_instances(dag_id, runs[0]["dag_run_id"]):
-            assert ti["state"] != "up_for_retry", f"{ti['task_id']}[{ti['map_index']}] is retried: {ti}"
-        return runs[0] if runs[0]["state"] in ("success", "failed") else None
+        tasks = cluster.task_instances(SINGLE, runs[count - 1]["dag_run_id"])
+        syncs = [ti for ti in tasks if ti["task_id"].startswith("sync_")]
+        for ti in syncs:
+            assert ti["state"] != "up_for_retry", f"{ti['task_id']} is retried: {ti}"
+        return runs[count - 1] if syncs and all(ti["state"] in TERMINAL_TASK_STATES for ti in syncs) else None
 
-    return wait_for(finished, RUN_TIMEOUT, f"the first run of {dag_id}")
+    run = wait_for(syncs_done, RUN_TIMEOUT, f"the sync tasks of scheduled run {count} of {SINGLE}")
+    probe.hold()  # the run's own requests are over; the next run's wait until release()
+    def finished() -> dict | None:
+        also()
+        return next((r for r in cluster.dag_runs(SINGLE)
+                     if r["dag_run_id"] == run["dag_run_id"] and r["state"] in TERMINAL_RUN_STATES), None)
+
+    return wait_for(finished, RUN_TIMEOUT, f"scheduled run {count} of {SINGLE} to finish")
 
 
-def _wait_for_new_run(cluster: AirflowCluster, dag_id: str, count: int, run_type: str = "scheduled") -> dict:
-    """Unpause, wait for the ``count``-th run of ``run_type`` to finish, pause again; the run."""
-    cluster.set_paused(dag_id, False)
-    try:
-        runs = cluster.wait_for_runs(dag_id, count, RUN_TIMEOUT, run_type=run_type)
-    finally:
-        cluster.set_paused(dag_id, True)
-    # pausing stops new runs, not one that started meanwhile: let every run end before checking
-    cluster.wait_for_runs(dag_id, len(cluster.dag_runs(dag_id)), RUN_TIMEOUT)
-    return runs[count - 1]
+def _busy_tasks(cluster: AirflowCluster, dag_id: str) -> list[dict]:
+    """Task instances of unfinished runs that are queued or running (a paused DAG starts no new ones)."""
+    return [ti for run in cluster.dag_runs(dag_id) if run["state"] not in TERMINAL_RUN_STATES
+            for ti in cluster.task_instances(dag_id, run["dag_run_id"]) if ti["state"] in ("queued", "running")]
 
 
 def _tasks(cluster: AirflowCluster, dag_id: str, run: dict) -> dict[str, dict]:
@@ -269,15 +295,28 @@ def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, gate
 
         # --- run 1 of klaviyo_dlt and the multi-account DAG, side by side ------------------------
         probe.arm({a.maton_connection_id for a in sb.accounts})
+        many: dict = {}
+
+        def pause_many_after_its_first_run() -> None:
+            if not many:
+                runs = cluster.dag_runs(MANY)
+                if runs and runs[0]["state"] in TERMINAL_RUN_STATES:
+                    cluster.set_paused(MANY, True)
+                    many.update(runs[0])
+                elif runs:
+                    for ti in cluster.task_instances(MANY, runs[0]["dag_run_id"]):
+                        assert ti["state"] != "up_for_retry", f"{ti['task_id']}[{ti['map_index']}] is retried: {ti}"
+
         cluster.set_paused(MANY, False)
-        run1 = _wait_for_new_run(cluster, SINGLE, 1)
+        cluster.set_paused(SINGLE, False)
+        run1 = _next_run(cluster, probe, 1, also=pause_many_after_its_first_run)
         assert run1["state"] == "success", _tasks(cluster, SINGLE, run1)
         before = assert_matches_truth(wh, DATASET, sb, first, "after run 1")  # all history, not one interval
         oldest = min(before["profiles"].values())
         assert oldest < _ts(run1["data_interval_start"]) - timedelta(days=30)  # an interval-bound run misses it
         tasks = _tasks(cluster, SINGLE, run1)
         assert {t: ti["state"] for t, ti in tasks.items()} == {
-            "sync_profiles": "success", "sync_events": "success", "sync_lists_segments": "success",
+            "prepare_dataset": "success", "sync_profiles": "success", "sync_events": "success", "sync_lists_segments": "success",
             "reverse_sync": "skipped"}
         # each task's XCom and log: rows per table and requests, as the sandbox counted them
         profiles = cluster.xcom(SINGLE, run1["dag_run_id"], "sync_profiles")
@@ -291,8 +330,7 @@ def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, gate
         assert f"rows profiles={len(before['profiles'])} | requests {served} (profiles={served})" in log
 
         # multi-account: three accounts in parallel task processes, the revoked one failed at once
-        many = _wait_without_retries(cluster, MANY)
-        cluster.set_paused(MANY, True)
+        wait_for(lambda: pause_many_after_its_first_run() or many, RUN_TIMEOUT, f"the first run of {MANY}")
         assert many["state"] == "failed"
         mapped = {t: ti for t, ti in _tasks(cluster, MANY, many).items() if t.startswith("sync_connection[")}
         states = sorted(ti["state"] for ti in mapped.values())
@@ -322,7 +360,8 @@ def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, gate
         leaving = [pid for pid, _ in sb.store.members(first.id, "list", kept_list)][:2]
         control.remove_members("list", kept_list, leaving)
 
-        run2 = _wait_for_new_run(cluster, SINGLE, 2)
+        probe.release()
+        run2 = _next_run(cluster, probe, 2)
         assert run2["state"] == "success", _tasks(cluster, SINGLE, run2)
         after2 = assert_matches_truth(wh, DATASET, sb, first, "after run 2")
         assert {new_event, late_event} <= set(after2["events"])
@@ -341,7 +380,8 @@ def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, gate
         leaving_too = [pid for pid, _ in sb.store.members(first.id, "list", kept_list) if pid != joined][0]
         control.remove_members("list", kept_list, [leaving_too])
 
-        run3 = _wait_for_new_run(cluster, SINGLE, 3)
+        probe.release()
+        run3 = _next_run(cluster, probe, 3)
         assert run3["state"] == "success", _tasks(cluster, SINGLE, run3)
         after3 = assert_matches_truth(wh, DATASET, sb, first, "after run 3")
         assert late_again in after3["events"]
@@ -361,14 +401,14 @@ def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, gate
         conf = json.dumps({"backfill_start": params_window[0].isoformat(), "backfill_end": params_window[1].isoformat()})
         triggered = cluster.cli("dags", "trigger", SINGLE, "--conf", conf, "--run-id", "params_backfill")
         assert triggered.returncode == 0, triggered.stdout[-2000:] + triggered.stderr[-2000:]
-        cluster.set_paused(SINGLE, False)
-        try:
-            wait_for(lambda: all(b["completed_at"] for b in cluster.api(
-                "GET", "/backfills", params={"dag_id": SINGLE})["backfills"]), RUN_TIMEOUT, "the backfill to complete")
-            cluster.wait_for_runs(SINGLE, 1, RUN_TIMEOUT, run_type="manual")
-        finally:
-            cluster.set_paused(SINGLE, True)
-        runs = cluster.wait_for_runs(SINGLE, len(cluster.dag_runs(SINGLE)), RUN_TIMEOUT)
+        probe.release()  # scheduled runs go on meanwhile: nothing changes, so they move no watermark either
+        wait_for(lambda: all(b["completed_at"] for b in cluster.api("GET", "/backfills", params={"dag_id": SINGLE})[
+            "backfills"]), RUN_TIMEOUT, "the backfill to complete")
+        wait_for(lambda: [r for r in cluster.dag_runs(SINGLE) if r["run_type"] == "manual"
+                          and r["state"] in TERMINAL_RUN_STATES], RUN_TIMEOUT, "the run triggered with params")
+        cluster.set_paused(SINGLE, True)
+        wait_for(lambda: not _busy_tasks(cluster, SINGLE), RUN_TIMEOUT, f"the running tasks of {SINGLE} to end")
+        runs = cluster.dag_runs(SINGLE)
         backfills = [r for r in runs if r["run_type"] in ("backfill", "manual")]
         assert len(backfills) == 3 and all(r["state"] == "success" for r in backfills), backfills
         events_truth = truth(sb, first)["events"]

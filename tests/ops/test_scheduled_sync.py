@@ -17,7 +17,7 @@ from tenacity import wait_none
 
 from klaviyo_dlt.dag_config import DagConfig, resource_groups
 from klaviyo_dlt.run_window import RunWindow, backfill_resources, run_window
-from klaviyo_dlt.task_run import FatalSyncError, TransientSyncError, run_task
+from klaviyo_dlt.task_run import FatalSyncError, TransientSyncError, prepare_dataset, run_reverse_sync, run_task
 from klaviyo_source.cli_errors import UsageError
 from klaviyo_source.pipeline_runner import SyncOptions, run_sync
 
@@ -193,3 +193,52 @@ def test_group_pipelines_sharing_a_dataset_keep_their_sweeps(sandbox, tmp_path):
                               "WHERE removed_at IS NOT NULL").fetchall()
     assert deleted == [(gone,)]
     assert removed == [(stays, leaving)]
+
+
+AUDIENCE = ('name = "airflow_audience"\n'
+            'query = "select email, first_name from profiles where email is not null"\n'
+            '[identifiers]\nemail = "email"\n[attributes]\nfirst_name = "first_name"\n'
+            '[list]\nname = "Airflow audience"\ncreate = true\nmode = "mirror"\n')
+
+
+def test_the_reverse_sync_task_pushes_the_extracted_audience(sandbox, tmp_path, monkeypatch):
+    monkeypatch.setenv("KLAVIYO_API_KEY", sandbox.api_key)
+    audience = tmp_path / "audience.toml"
+    audience.write_text(AUDIENCE)
+    config = DagConfig.from_env({"KLAVIYO_DLT_DUCKDB_PATH": str(tmp_path / "k.duckdb"), "KLAVIYO_BASE_URL": sandbox.base_url,
+                                 "KLAVIYO_DLT_REVERSE_SYNC_CONFIG": str(audience)})
+    run_task(config.group_sync_options("profiles", ["profiles"], None, None), "profiles")
+    report = run_reverse_sync(config)
+    store, account = sandbox.store, sandbox.account
+    with_email = {p.id for p in store.all(account.id, "profile") if p.attributes.get("email")}
+    lists = {r.attributes["name"]: r.id for r in store.all(account.id, "list")}
+    assert {pid for pid, _ in store.members(account.id, "list", lists["Airflow audience"])} == with_email
+    assert report["read"] == len(with_email) and report["sync_name"] == "airflow_audience"
+    audience.write_text(AUDIENCE.replace("first_name from profiles", "first_name from no_such_table"))
+    with pytest.raises(FatalSyncError) as error:
+        run_reverse_sync(config)
+    assert error.value.exit_code == 2 and "\n" not in str(error.value)
+
+
+@pytest.mark.postgres
+def test_the_shared_dataset_is_prepared_once_before_parallel_groups(postgres_dsn, unique_name, monkeypatch):
+    import psycopg2
+
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", postgres_dsn)
+    dataset = f"klaviyo_prep_{unique_name}"
+    config = DagConfig.from_env({"KLAVIYO_DLT_DESTINATION": "postgres", "KLAVIYO_DLT_DATASET": dataset})
+    con = psycopg2.connect(postgres_dsn)
+    try:
+        assert prepare_dataset(config) == {"dataset": dataset, "created": [dataset, f"{dataset}_staging"]}
+        assert prepare_dataset(config) == {"dataset": dataset, "created": []}
+        with con.cursor() as cur:
+            cur.execute("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = %s",
+                        (dataset,))
+            assert sorted(r[1] for r in cur.fetchall()) == ["_dlt_loads", "_dlt_pipeline_state", "_dlt_version"]
+            cur.execute(f"SELECT count(*) FROM {dataset}._dlt_loads")
+            assert cur.fetchone() == (1,)  # the second call loaded nothing
+    finally:
+        with con.cursor() as cur:
+            cur.execute(f"DROP SCHEMA IF EXISTS {dataset} CASCADE; DROP SCHEMA IF EXISTS {dataset}_staging CASCADE")
+        con.commit()
+        con.close()
