@@ -36,8 +36,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from klaviyo_dlt.dag_config import DagConfig
 from klaviyo_dlt.run_window import END_PARAM, START_PARAM, RunWindow, backfill_resources, run_window
-from klaviyo_dlt.task_run import FatalSyncError, TransientSyncError, is_fatal, run_reverse_sync, run_task
-from klaviyo_dlt.task_run import prepare_dataset as run_prepare_dataset
+from klaviyo_dlt.task_run import (FatalSyncError, TransientSyncError, is_fatal, prepare_dataset, run_reverse_sync,
+                                  run_task)
 from klaviyo_source.cli_errors import CliError, classify
 
 PIPELINE_PREFIX = "klaviyo"
@@ -140,16 +140,16 @@ def klaviyo_dlt_dag(dag_id: str = "klaviyo_dlt", config: DagConfig | None = None
 
 def _prepare_task(config: DagConfig) -> Any:
     @task(task_id="prepare_dataset")
-    def prepare_dataset() -> dict[str, Any]:
+    def prepare() -> dict[str, Any]:
         """Create the dataset, its staging dataset and dlt's tables once, before the groups load in parallel."""
 
         def work() -> dict[str, Any]:
             use_dags_folder_config()
-            return run_prepare_dataset(config)
+            return prepare_dataset(config)
 
         return run_for_airflow(work)
 
-    return prepare_dataset
+    return prepare
 
 
 def _group_task(config: DagConfig, group: str, members: list[str]) -> Any:
