@@ -47,7 +47,8 @@ class FatalSyncError(Exception):
 
 
 class TransientSyncError(Exception):
-    """The sync failed for a reason a later attempt may not meet; the message is one line."""
+    """The sync failed for another reason (network, server, destination ...), so Airflow may try again;
+    the message is one line."""
 
 
 def is_fatal(error: BaseException) -> bool:
@@ -84,7 +85,8 @@ def run_task(opts: SyncOptions, label: str, window: dict[str, Any] | None = None
     """
     workdir = tempfile.mkdtemp(prefix="klaviyo_dlt_")
     opts = dataclasses.replace(opts, pipelines_dir=workdir)
-    progress = SyncProgress(mode="text", period=PROGRESS_PERIOD_SECONDS, stream=sys.stderr, label=label)
+    # stdout: Airflow logs a task's stderr lines at error level
+    progress = SyncProgress(mode="text", period=PROGRESS_PERIOD_SECONDS, stream=sys.stdout, label=label)
 
     def note_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
