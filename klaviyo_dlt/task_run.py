@@ -225,9 +225,15 @@ def prepare_dataset(config: "DagConfig") -> dict[str, Any]:
                     pipeline.run([], table_name="_klaviyo_dlt_setup")
                     created.append(config.dataset_name)
                 with sql.with_staging_dataset():
-                    if not sql.has_dataset():
-                        sql.create_dataset()
-                        created.append(sql.dataset_name)
+                    staging = None if sql.has_dataset() else sql.dataset_name
+            if staging:
+                # merges load through the staging dataset, which holds its own _dlt_version table
+                if not pipeline.default_schema_name:
+                    pipeline.run([], table_name="_klaviyo_dlt_setup")
+                with pipeline.destination_client() as client, client.with_staging_dataset():
+                    client.initialize_storage()
+                    client.update_stored_schema()
+                created.append(staging)
         except SqlClientNotAvailable:
             pass  # not a SQL destination: nothing is created concurrently
     except Exception as exc:  # noqa: BLE001 - classified below

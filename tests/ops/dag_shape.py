@@ -25,8 +25,28 @@ def main() -> int:
                                   "retries": t.retries, "max_active_tis_per_dag": t.max_active_tis_per_dag}
                       for t in dag.tasks},
         }
+    shape["failures"] = failure_classes()
     print(json.dumps(shape))
     return 0
+
+
+def failure_classes() -> dict[str, str]:
+    """Which Airflow exception each kind of task failure becomes (AirflowFailException: no retry)."""
+    from klaviyo_dlt.airflow import run_for_airflow
+    from klaviyo_dlt.task_run import FatalSyncError, TransientSyncError
+    from klaviyo_source.cli_errors import AuthError, SyncFailed, UsageError
+
+    raised = {}
+    for error in (FatalSyncError("revoked", 3), TransientSyncError("503"), UsageError("bad param"),
+                  AuthError("401"), SyncFailed("load step failed")):
+        def work(error: Exception = error) -> dict:
+            raise error
+
+        try:
+            run_for_airflow(work)
+        except Exception as exc:  # noqa: BLE001 - what Airflow would see
+            raised[type(error).__name__] = type(exc).__name__
+    return raised
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ def test_dag_shapes_per_destination_and_parse_time_errors(tmp_path):
     assert tasks["reverse_sync"]["trigger_rule"] == "all_success" and tasks["sync_profiles"]["retries"] == 2
     assert many["tasks"]["sync_connection"]["max_active_tis_per_dag"] == 1
     assert many["tasks"]["sync_connection"]["upstream"] == ["list_connections"]
+    # fatal failures end the task without Airflow retries; the others are retried
+    assert duck["failures"] == {"FatalSyncError": "AirflowFailException", "AuthError": "AirflowFailException",
+                                "UsageError": "AirflowFailException", "TransientSyncError": "AirflowException",
+                                "SyncFailed": "AirflowException"}
 
     server = _shape(tmp_path, KLAVIYO_DLT_RESOURCES=resources, KLAVIYO_DLT_DESTINATION="postgres")
     tasks = server["klaviyo_dlt"]["tasks"]

@@ -235,6 +235,10 @@ def test_the_shared_dataset_is_prepared_once_before_parallel_groups(postgres_dsn
             cur.execute("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = %s",
                         (dataset,))
             assert sorted(r[1] for r in cur.fetchall()) == ["_dlt_loads", "_dlt_pipeline_state", "_dlt_version"]
+            # merges go through the staging dataset, which has a _dlt_version table of its own
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                        (f"{dataset}_staging",))
+            assert "_dlt_version" in {r[0] for r in cur.fetchall()}
             cur.execute(f"SELECT count(*) FROM {dataset}._dlt_loads")
             assert cur.fetchone() == (1,)  # the second call loaded nothing
     finally:
