@@ -203,7 +203,7 @@ def loaded(wh: Warehouse, dataset: str) -> dict[str, Any]:
         "profiles": {i: _ts(u) for i, u in wh.rows(f"SELECT id, updated FROM {dataset}.profiles")},
         "events": {i: _ts(d) for i, d in wh.rows(f"SELECT id, datetime FROM {dataset}.events")},
         "lists": lists,
-        # members of a deleted list are left as they are (marking them is the lists sweep's job)
+        # members of a deleted list: checked on their own (they get removed_at with the list)
         "members": {(lid, pid) for lid, pid in members if lid in lists},
     }
 
@@ -366,6 +366,9 @@ def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, gate
         after2 = assert_matches_truth(wh, DATASET, sb, first, "after run 2")
         assert {new_event, late_event} <= set(after2["events"])
         assert wh.rows(f"SELECT deleted_at IS NOT NULL FROM {DATASET}.lists WHERE id = %s", deleted_list) == [(True,)]
+        # ... and its members were marked removed in the same run
+        assert wh.rows(f"SELECT count(*) FROM {DATASET}.list_members WHERE list_id = %s AND removed_at IS NULL",
+                       deleted_list) == [(0,)]
         removed = wh.rows(f"SELECT profile_id FROM {DATASET}.list_members WHERE list_id = %s AND removed_at IS NOT NULL",
                           kept_list)
         assert {r[0] for r in removed} == set(leaving)
