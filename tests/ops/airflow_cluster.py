@@ -205,18 +205,6 @@ class AirflowCluster:
 
         return wait_for(parsed, timeout, f"the dag-processor to parse {dag_id}")
 
-    def wait_for_runs(self, dag_id: str, count: int, timeout: float, run_type: str | None = None,
-                      ) -> list[dict[str, Any]]:
-        """The first ``count`` runs (of ``run_type``) once all of them are finished."""
-
-        def finished() -> list[dict[str, Any]] | None:
-            runs = [r for r in self.dag_runs(dag_id) if run_type is None or r["run_type"] == run_type]
-            if len(runs) >= count and all(r["state"] in TERMINAL_RUN_STATES for r in runs[:count]):
-                return runs[:count]
-            return None
-
-        return wait_for(finished, timeout, f"{count} finished {run_type or ''} run(s) of {dag_id}")
-
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
         """The task's log text, read through the REST API."""
         entry = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",

@@ -9,8 +9,8 @@ destination is compared with the sandbox's truth (ids and ``updated`` values).
 
 * ``klaviyo_dlt``: three consecutive scheduled runs (history complete after the first; updated
   profiles, new and late events, a deleted list and removed members in the later ones), then an
-  ``airflow backfill create`` that re-reads exactly its windows (recovering events older than the
-  lookback) and moves no watermark.
+  ``airflow backfill create`` and a run triggered with the backfill params, which re-read exactly
+  their windows (recovering events older than the lookback) and move no watermark.
 * ``klaviyo_dlt_all_connections``: three accounts synced by parallel task processes (a gate in the
   sandbox holds each account's first request until all three are in flight), and a revoked
   connection whose task fails at once although Airflow retries are configured.
@@ -143,7 +143,7 @@ def warehouse(postgres_dsn):
 
 
 @pytest.fixture
-def gated_sandbox():
+def probed_sandbox():
     from klaviyo_sandbox import Sandbox
 
     sb = Sandbox(seed=11, accounts=3, rate_limits=False, profiles=120, events=1200)
@@ -240,6 +240,7 @@ def _next_run(cluster: AirflowCluster, probe: SandboxProbe, count: int, also: Ca
 
     run = wait_for(syncs_done, RUN_TIMEOUT, f"the sync tasks of scheduled run {count} of {SINGLE}")
     probe.hold()  # the run's own requests are over; the next run's wait until release()
+
     def finished() -> dict | None:
         also()
         return next((r for r in cluster.dag_runs(SINGLE)
@@ -260,9 +261,9 @@ def _tasks(cluster: AirflowCluster, dag_id: str, run: dict) -> dict[str, dict]:
 
 
 @pytest.mark.timeout(1500)
-def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, gated_sandbox, warehouse, postgres_dsn,
+def test_scheduled_runs_are_incremental_and_backfills_explicit(airflow_bin, probed_sandbox, warehouse, postgres_dsn,
                                                                tmp_path):
-    sb, probe = gated_sandbox
+    sb, probe = probed_sandbox
     first = sb.accounts[0]
     wh = Warehouse(warehouse)
     # a fourth connection, revoked: its mapped task must fail at once, not be retried
